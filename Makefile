@@ -1,0 +1,67 @@
+# dlbook: two commands.
+#   make book   set up .venv, execute every notebook, build the site into _build/html
+#   make test   set up .venv, then run every test (unit, notebooks, site build, browser)
+# Everything is installed by these targets; nothing is installed by hand.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+# Notebooks run single-threaded BLAS per process so that two xdist workers share the 2 cores well.
+NBVAL_FLAGS := --nbval-lax --nbval-current-env -n 2 --dist loadfile
+NOTEBOOKS := chapters exercises
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help setup book test unit notebooks site browser timings clean constraints student-versions
+
+help:
+	@echo "make book   build the website into _build/html (sets everything up first)"
+	@echo "make test   run every test: unit, notebooks, site build, browser check"
+
+setup: $(STAMP)
+
+# torch is installed first and alone: its pinned CPU wheel is local, and installing it
+# under the constraints keeps pip from ever pulling a CUDA build (see ../shared/TOOLCHAIN.md).
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/dev.txt
+	@start=$$(date +%s); \
+	test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	$(PY) -m pip install -q --upgrade -c requirements/constraints.txt pip setuptools >/dev/null 2>&1 || true; \
+	$(PY) -m pip install -q -c requirements/constraints.txt torch && \
+	$(PY) -m pip install -q -c requirements/constraints.txt -r requirements/dev.txt -e . && \
+	echo "setup: installed in $$(( $$(date +%s) - start )) s" && touch $@
+
+book: $(STAMP)
+	$(PY) tools/build_site.py
+	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	@mkdir -p _build
+	$(PY) tools/run_tests.py
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+notebooks: $(STAMP)
+	$(PY) -m pytest $(NBVAL_FLAGS) --durations=0 $(NOTEBOOKS)
+
+site: $(STAMP)
+	$(PY) tools/build_site.py
+
+browser: $(STAMP)
+	$(PY) tools/ensure_chromium.py
+	$(PY) -m pytest -q tests/browser
+
+student-versions: $(STAMP)
+	$(PY) -m dlbook.grading generate
+
+constraints:
+	rm -rf /tmp/dlbook-constraints && $(PYTHON) -m venv /tmp/dlbook-constraints && \
+	/tmp/dlbook-constraints/bin/pip install -q torch==2.13.0 && \
+	/tmp/dlbook-constraints/bin/pip install -q -r requirements/dev.txt -e . && \
+	/tmp/dlbook-constraints/bin/pip freeze --exclude-editable | sed 's/+cpu//' > requirements/constraints.txt
+
+clean:
+	rm -rf _build
