@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["plot_curves", "image_grid", "heatmap"]
+__all__ = ["plot_curves", "image_grid", "heatmap", "plot_history"]
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -134,3 +134,55 @@ def heatmap(matrix, xlabels: Sequence | None = None, ylabels: Sequence | None = 
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_history(history, axes=None, smooth: int = 1, title: str | None = None):
+    """Draw what ``dlbook.train.fit`` measured: losses on the left, validation metrics on the right.
+
+    The left panel shows the loss of every optimizer step (optionally smoothed
+    with a moving average of ``smooth`` steps) and, at the end of each epoch,
+    the epoch's mean training loss and the validation loss. The right panel,
+    drawn only when the history has validation metrics other than the loss,
+    shows them per epoch.
+
+    Args:
+        history: a ``dlbook.train.History`` (anything with ``step_loss`` and
+            ``epochs``, a list of per-epoch dicts).
+        axes: one Axes, or a sequence of two; default: a new figure.
+
+    Returns:
+        The list of Axes drawn on.
+    """
+    step_loss = getattr(history, "step_loss", None)
+    epochs = getattr(history, "epochs", None)
+    if step_loss is None or epochs is None:
+        raise TypeError(f"history must be a dlbook.train.History (with step_loss and epochs), got {type(history).__name__}")
+    if len(step_loss) == 0 or len(epochs) == 0:
+        raise ValueError("history is empty: train for at least one epoch before plotting")
+    if not isinstance(smooth, int) or smooth < 1:
+        raise ValueError(f"smooth must be a positive int, got {smooth!r}")
+    metric_keys = [k for k in epochs[-1] if k.startswith("val_") and k != "val_loss"]
+    if axes is None:
+        ncols = 2 if metric_keys else 1
+        _, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.5), squeeze=False)
+        axes = list(axes[0])
+    elif not isinstance(axes, (list, tuple, np.ndarray)):
+        axes = [axes]
+    axes = list(np.ravel(axes))
+    if metric_keys and len(axes) < 2:
+        raise ValueError("this history has validation metrics: pass two axes, or none")
+
+    ends = np.cumsum([e.get("steps", len(step_loss) // len(epochs)) for e in epochs]) - 1  # last step of each epoch
+    label = "step loss" if smooth == 1 else f"step loss (mean of {smooth})"
+    ax = plot_curves({label: step_loss}, xlabel="optimizer step", ylabel="loss", ax=axes[0],
+                     smooth=smooth, title=title)
+    ax.lines[-1].set_alpha(0.6)
+    ax.plot(ends, [e["train_loss"] for e in epochs], "o-", label="train loss (epoch mean)")
+    if "val_loss" in epochs[-1]:
+        ax.plot(ends, [e["val_loss"] for e in epochs], "s-", label="val loss")
+    ax.legend(frameon=False)
+    if metric_keys:
+        x = [e["epoch"] for e in epochs]
+        plot_curves({k[4:]: (x, [e[k] for e in epochs]) for k in metric_keys}, xlabel="epoch",
+                    ylabel="validation metric", ax=axes[1])
+    return axes
