@@ -1,0 +1,201 @@
+"""Tests of exercise set 00_preliminaries (chapter 0: networks, activations, losses).
+
+Questions and the learner's names they read:
+
+* q1 ``sigmoid(x)`` and ``sigmoid_grad(x)`` (3 points)
+* q2 ``bce_with_logits(logits, targets)``, numerically stable (4 points)
+* q3 ``log_softmax(logits)`` and ``cross_entropy(logits, targets)`` (4 points)
+* q4 ``mlp_forward(x, weights, biases)`` and ``n_params`` (3 points)
+
+Every reference result comes from torch, bound at import (before any learner
+code runs), in float64. When an answer is wrong, the tests try the usual
+mistakes and name the one that matches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.functional import binary_cross_entropy_with_logits as ref_bce_with_logits
+from torch.nn.functional import cross_entropy as ref_cross_entropy
+from torch.nn.functional import log_softmax as ref_log_softmax
+
+from dlbook.grading import assert_close, question
+
+F64 = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _as64(value) -> torch.Tensor:
+    value = torch.as_tensor(value)
+    return value.detach().to(F64)
+
+
+def _matches(actual, candidate, atol: float = 1e-6) -> bool:
+    """True when the learner's result equals a known wrong formula (used only to choose a hint)."""
+    try:
+        a, c = _as64(actual), _as64(candidate)
+        return a.shape == c.shape and bool(((a - c).abs() <= atol).all())
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _hint(actual, mistakes: dict, default: str) -> str:
+    """The hint of the first known mistake the result matches, else ``default``."""
+    for hint, candidate in mistakes.items():
+        if _matches(actual, candidate):
+            return hint
+    return default
+
+
+# ---------------------------------------------------------------------------------------------- q1
+
+
+@question("q1", points=1, timeout=10)
+def sigmoid_matches_torch(ns):
+    """sigmoid(x) equals torch.sigmoid on float64 inputs in [-8, 8]."""
+    x = torch.linspace(-8, 8, 41, dtype=F64)
+    out = ns.sigmoid(x)
+    assert_close(out, torch.sigmoid(x), atol=1e-10, hint=_hint(out, {
+        "you computed 1 / (1 + exp(x)): the sign in the exponent should be minus": torch.sigmoid(-x),
+        "that is tanh, not the sigmoid": torch.tanh(x),
+    }, "sigmoid(x) = 1 / (1 + exp(-x))"))
+
+
+@question("q1", points=2, timeout=10)
+def sigmoid_grad_matches_autograd(ns):
+    """sigmoid_grad(x) equals the derivative of torch.sigmoid that autograd computes."""
+    x = torch.linspace(-6, 6, 25, dtype=F64, requires_grad=True)
+    (expected,) = torch.autograd.grad(torch.sigmoid(x).sum(), x)
+    x = x.detach()
+    out = ns.sigmoid_grad(x)
+    s = torch.sigmoid(x)
+    assert_close(out, expected, atol=1e-10, hint=_hint(out, {
+        "that is sigmoid itself: the derivative is sigmoid(x) * (1 - sigmoid(x))": s,
+        "1 - sigmoid(x)^2 mimics tanh's derivative (1 - tanh^2); for the sigmoid it is s * (1 - s)": 1 - s**2,
+        "s * (1 + s) has the wrong sign: the derivative is s * (1 - s)": s * (1 + s),
+        "did you apply the formula to x instead of s = sigmoid(x)? The derivative is s * (1 - s)": x * (1 - x),
+    }, "the derivative is sigmoid(x) * (1 - sigmoid(x)); its largest value is 0.25, at x = 0"))
+
+
+# ---------------------------------------------------------------------------------------------- q2
+
+
+def _bce_data():
+    logits = torch.randn(64, generator=_gen(1), dtype=F64) * 3
+    targets = (torch.rand(64, generator=_gen(2), dtype=F64) < 0.5).to(F64)
+    return logits, targets
+
+
+@question("q2", points=2, timeout=10)
+def bce_matches_torch(ns):
+    """bce_with_logits equals F.binary_cross_entropy_with_logits (mean over the batch) for moderate logits."""
+    logits, targets = _bce_data()
+    out = ns.bce_with_logits(logits, targets)
+    per_example = ref_bce_with_logits(logits, targets, reduction="none")
+    assert_close(out, ref_bce_with_logits(logits, targets), atol=1e-10, hint=_hint(out, {
+        "you summed over the batch: return the mean": per_example.sum(),
+        "you returned one loss per example: return their mean": per_example,
+        "the sign is flipped: the loss is -[y log p + (1 - y) log(1 - p)]": -per_example.mean(),
+        "targets and logits are swapped somewhere: y multiplies log sigmoid(z)":
+            ref_bce_with_logits(logits, 1 - targets),
+    }, "loss = mean of max(z, 0) - z * y + log(1 + exp(-|z|))"))
+
+
+@question("q2", points=2, timeout=10)
+def bce_is_stable_for_large_logits(ns):
+    """bce_with_logits stays finite and exact for logits of +-100 and +-30 (where the naive form gives inf)."""
+    logits = torch.tensor([100.0, -100.0, 30.0, -30.0, 100.0, -100.0], dtype=F64)
+    targets = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0], dtype=F64)
+    out = ns.bce_with_logits(logits, targets)
+    assert_close(out, ref_bce_with_logits(logits, targets), atol=1e-8, rtol=1e-10, hint=(
+        "log(sigmoid(z)) overflows for large |z|: use the identity "
+        "max(z, 0) - z * y + log1p(exp(-|z|)), which never exponentiates a large number"))
+
+
+# ---------------------------------------------------------------------------------------------- q3
+
+
+def _class_data(scale: float = 2.0):
+    logits = torch.randn(16, 5, generator=_gen(3), dtype=F64) * scale
+    targets = torch.randint(0, 5, (16,), generator=_gen(4))
+    return logits, targets
+
+
+@question("q3", points=1, timeout=10)
+def log_softmax_matches_torch(ns):
+    """log_softmax(logits) equals F.log_softmax over the last dimension."""
+    logits, _ = _class_data()
+    out = ns.log_softmax(logits)
+    assert_close(out, ref_log_softmax(logits, dim=-1), atol=1e-10, hint=_hint(out, {
+        "you normalized over dim 0 (the batch): normalize each row, dim=-1": ref_log_softmax(logits, dim=0),
+        "that is softmax, not its log": torch.softmax(logits, dim=-1),
+    }, "log_softmax(z)_i = z_i - log(sum_j exp(z_j)), per row"))
+
+
+@question("q3", points=1, timeout=10)
+def log_softmax_is_stable(ns):
+    """log_softmax stays finite and exact for logits near 1000 (exp overflows there)."""
+    logits, _ = _class_data()
+    logits = logits + 1000.0
+    out = ns.log_softmax(logits)
+    assert_close(out, ref_log_softmax(logits, dim=-1), atol=1e-8, hint=(
+        "exp(1000) overflows: subtract each row's max before exponentiating (the log-sum-exp trick)"))
+
+
+@question("q3", points=2, timeout=10)
+def cross_entropy_matches_torch(ns):
+    """cross_entropy(logits, targets) equals F.cross_entropy (mean over the batch)."""
+    logits, targets = _class_data()
+    out = ns.cross_entropy(logits, targets)
+    per_example = ref_cross_entropy(logits, targets, reduction="none")
+    assert_close(out, ref_cross_entropy(logits, targets), atol=1e-10, hint=_hint(out, {
+        "the sign is flipped: the loss is minus the log-probability of the true class": -per_example.mean(),
+        "you summed over the batch: return the mean": per_example.sum(),
+        "you returned one loss per example: return their mean": per_example,
+    }, "pick each row's log-probability of its target class (log_softmax(z)[i, y_i]) and average minus that"))
+
+
+# ---------------------------------------------------------------------------------------------- q4
+
+SIZES = (8, 16, 16, 3)
+
+
+def _mlp_reference():
+    torch.manual_seed(5)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out, dtype=F64))
+        if i < len(SIZES) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    weights = [m.weight.detach().clone() for m in linears]
+    biases = [m.bias.detach().clone() for m in linears]
+    return model, weights, biases
+
+
+@question("q4", points=2, timeout=10)
+def mlp_forward_matches_sequential(ns):
+    """mlp_forward(x, weights, biases) equals nn.Sequential(Linear, ReLU, Linear, ReLU, Linear) with those weights."""
+    model, weights, biases = _mlp_reference()
+    x = torch.randn(10, SIZES[0], generator=_gen(6), dtype=F64)
+    with torch.no_grad():
+        expected = model(x)
+    out = ns.mlp_forward(x, [w.clone() for w in weights], [b.clone() for b in biases])
+    assert_close(out, expected, atol=1e-10, hint=_hint(out, {
+        "no ReLU after the last layer: the output layer gives raw scores (logits)": torch.relu(expected),
+    }, "each layer computes h @ W.T + b (W has shape (out, in)); ReLU between layers, none after the last"))
+
+
+@question("q4", points=1, timeout=10)
+def n_params_counts_weights_and_biases(ns):
+    """n_params equals the number of parameters of an MLP with layer sizes 64 -> 32 -> 10."""
+    expected = 64 * 32 + 32 + 32 * 10 + 10
+    got = ns.n_params
+    assert isinstance(got, int) and not isinstance(got, bool), f"n_params should be an int, got {type(got).__name__}"
+    if got == 64 * 32 + 32 * 10:
+        raise AssertionError(f"n_params = {got}: you counted the weights; add one bias per output unit")
+    assert got == expected, f"n_params = {got}: each layer has n_in * n_out weights and n_out biases"
