@@ -88,7 +88,6 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-        cell.pop("id", None)
     return nb
 
 
@@ -96,7 +95,8 @@ def write_notebook(path, cells) -> Path:
     path = ROOT / path if not Path(path).is_absolute() else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nb = strip(new_notebook(cells))
-    nbformat.validator.normalize(nb)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids keep diffs of regenerated notebooks small
     nbformat.write(nb, path)
     return path
 
