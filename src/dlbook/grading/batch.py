@@ -1,0 +1,337 @@
+"""Grade a class: one subprocess per submission, one JSON per student and ``grades.csv``.
+
+:func:`grade_class` is what ``python -m dlbook.grading grade`` runs. For each
+submission it
+
+* checks that the file is a notebook (else status ``invalid notebook``);
+* runs :mod:`dlbook.grading.worker` in a fresh process (``sys.executable``), in
+  an empty temporary folder, with CPU and memory limits and a wall-clock
+  timeout that starts when the worker is ready to run the submission's first
+  cell (so the time to import torch is not the student's);
+* reads the results the worker streamed, one question at a time, so a hang
+  (status ``timeout after N s``) or a crash (``crashed (exit N)``, or
+  ``crashed (killed by SIGNAL)``) keeps the questions graded before it.
+
+Points come from the instructor's copy of the tests, never from the child:
+a row counts only if the child reports a known test as passed.
+Everything written is sorted and free of timestamps and absolute paths, so
+grading the same files twice gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import importlib
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from dlbook.grading.core import TestSpec, collect_tests, fmt_points
+from dlbook.grading.sets import load_set, question_ids
+
+__all__ = ["load_tests", "load_extra_tests", "validate_notebook", "grade_submission", "grade_class",
+           "StudentGrade"]
+
+STARTUP_LIMIT_S = 300  # the worker must be ready (torch imported, tests loaded) within this
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests: the set's own and the instructor's hidden ones
+
+
+def _module_from_file(path: Path, index: int):
+    name = f"dlbook_hidden_tests_{index}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import hidden tests from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_extra_tests(sources: list[str]) -> list:
+    """Import hidden-test modules: each source is a ``.py`` file, a folder of them, or a module name."""
+    modules = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.glob("*.py") if p.name != "__init__.py")
+            if not files:
+                raise ValueError(f"--extra-tests {source}: the folder holds no .py files")
+        elif path.suffix == ".py":
+            if not path.is_file():
+                raise ValueError(f"--extra-tests {source}: no such file")
+            files = [path]
+        else:
+            try:
+                modules.append(importlib.import_module(source))
+            except ImportError as err:
+                raise ValueError(f"--extra-tests {source!r} is neither a .py file, a folder nor an importable "
+                                 f"module ({err})") from None
+            continue
+        modules += [_module_from_file(p.resolve(), len(modules) + i) for i, p in enumerate(files)]
+    for module in modules:
+        if not collect_tests(module):
+            raise ValueError(f"--extra-tests: {getattr(module, '__file__', module.__name__)} defines no "
+                             f"@question tests")
+    return modules
+
+
+def load_tests(set_id: str, extra: list[str] = ()) -> tuple[list[tuple[TestSpec, Callable]], frozenset]:
+    """The set's tests followed by the hidden ones, and the names of the hidden ones."""
+    public = collect_tests(load_set(set_id))
+    hidden = collect_tests(*load_extra_tests(list(extra))) if extra else []
+    names = [spec.name for spec, _ in public + hidden]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"test names must be unique across the set and --extra-tests: {', '.join(clashes)}")
+    return public + hidden, frozenset(spec.name for spec, _ in hidden)
+
+
+# ----------------------------------------------------------------------------------------------
+# One submission
+
+
+def validate_notebook(path: Path) -> str | None:
+    """None if ``path`` is a readable v4 notebook, else why not (one line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            nb = json.load(f)
+    except UnicodeDecodeError:
+        return "not a text file"
+    except json.JSONDecodeError as err:
+        return f"not JSON ({err.msg}, line {err.lineno})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        return "JSON but not a notebook (no list of cells)"
+    if nb.get("nbformat") != 4:
+        return f"nbformat {nb.get('nbformat')!r}, expected 4"
+    for i, cell in enumerate(nb["cells"]):
+        if not isinstance(cell, dict) or not isinstance(cell.get("cell_type"), str):
+            return f"cell {i} is malformed"
+        source = cell.get("source", "")
+        if not (isinstance(source, str) or (isinstance(source, list) and all(isinstance(s, str) for s in source))):
+            return f"cell {i} has a malformed source"
+    return None
+
+
+@dataclasses.dataclass
+class StudentGrade:
+    """The grade of one submission, as written to ``<student>.json``."""
+
+    student: str
+    set_id: str
+    status: str
+    questions: list[dict]
+    cell_errors: list[str]
+    detail: str = ""
+
+    @property
+    def total(self) -> float:
+        return sum(q["earned"] for q in self.questions)
+
+    @property
+    def max_total(self) -> float:
+        return sum(q["points"] for q in self.questions)
+
+    def to_json(self) -> str:
+        data = {"student": self.student, "set": self.set_id, "status": self.status, "detail": self.detail,
+                "total": self.total, "max_total": self.max_total, "questions": self.questions,
+                "cell_errors": self.cell_errors}
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _read_stream(path: Path) -> list[dict]:
+    records = []
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _ungraded_rows(tests, qid: str, why: str) -> dict:
+    rows = [{"question": qid, "name": spec.name, "points": float(spec.points), "earned": 0.0,
+             "status": "not graded", "message": why, "hidden": False} for spec, _ in tests if spec.question == qid]
+    return {"question": qid, "earned": 0.0, "points": sum(r["points"] for r in rows), "attempted": False,
+            "tests": rows}
+
+
+def _trusted_question(tests, hidden: frozenset, qid: str, reported: dict, scrub: Callable[[str], str]) -> dict:
+    """Rebuild a question's result from the child's report, with points from the parent's own tests."""
+    by_name = {row.get("name"): row for row in reported.get("tests", []) if isinstance(row, dict)}
+    rows = []
+    for spec, _ in tests:
+        if spec.question != qid:
+            continue
+        row = by_name.get(spec.name, {})
+        status = row.get("status") if row.get("status") in ("pass", "fail", "not attempted", "error", "timeout") \
+            else "not graded"
+        rows.append({"question": qid, "name": spec.name, "points": float(spec.points),
+                     "earned": float(spec.points) if status == "pass" else 0.0, "status": status,
+                     "message": scrub(str(row.get("message", ""))), "hidden": spec.name in hidden})
+    return {"question": qid, "earned": sum(r["earned"] for r in rows), "points": sum(r["points"] for r in rows),
+            "attempted": any(r["status"] not in ("not attempted", "not graded") for r in rows), "tests": rows}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _run_worker(cmd: list[str], cwd: str, env: dict, stream: Path, timeout: float, log) -> tuple[int | None, bool]:
+    """Run the worker; return (exit code, timed out). The timeout starts when the worker reports ready."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=log, start_new_session=True)
+    started, ready_at = time.monotonic(), None
+    while True:
+        try:
+            code = proc.wait(timeout=0.05)
+            return code, False
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if ready_at is None and stream.exists() and stream.stat().st_size > 0:
+            ready_at = now
+        deadline = (ready_at + timeout) if ready_at is not None else (started + STARTUP_LIMIT_S + timeout)
+        if now > deadline:
+            _stop(proc)
+            return None, True
+
+
+def _status(code: int | None, timed_out: bool, done: bool, timeout: float) -> str:
+    if timed_out:
+        return f"timeout after {fmt_points(timeout)} s"
+    if code == 0 and done:
+        return "ok"
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"crashed (killed by {name})"
+    return f"crashed (exit {code})"
+
+
+def grade_submission(set_id: str, path: Path, tests, hidden: frozenset, extra: list[str] = (),
+                     timeout: float = 120, cpu_seconds: float | None = None, memory_mb: int | None = 8192,
+                     student: str | None = None) -> StudentGrade:
+    """Grade one notebook in its own process; never raises for anything the submission does."""
+    path = Path(path)
+    student = student or path.stem
+    qids = question_ids(tests)
+    problem = validate_notebook(path)
+    if problem is not None:
+        return StudentGrade(student, set_id, "invalid notebook",
+                            [_ungraded_rows(tests, q, "the file is not a valid notebook") for q in qids], [],
+                            detail=problem)
+    with tempfile.TemporaryDirectory(prefix="dlbook-grade-") as work:
+        stream = Path(work) / ".results.jsonl"
+        cmd = [sys.executable, "-m", "dlbook.grading.worker", set_id, str(path.resolve()), str(stream),
+               "--cpu", str(cpu_seconds if cpu_seconds else timeout + 10), "--memory-mb", str(memory_mb or 0)]
+        for source in extra:
+            cmd += ["--extra-tests", source]
+        env = dict(os.environ, MPLBACKEND="Agg", IPYTHONDIR=str(Path(work) / ".ipython"),
+                   PYTHONPATH=os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                   PYTHONHASHSEED="0", PYDEVD_DISABLE_FILE_VALIDATION="1")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        with open(Path(work) / ".stderr", "w+b") as log:
+            code, timed_out = _run_worker(cmd, work, env, stream, timeout, log)
+            log.seek(0)
+            stderr = log.read().decode("utf-8", errors="replace")
+        records = _read_stream(stream)
+
+        def scrub(text: str) -> str:
+            return text.replace(os.path.realpath(work), "<tmp>").replace(work, "<tmp>")
+
+        done = any(r.get("done") for r in records)
+        status = _status(code, timed_out, done, timeout)
+        reported = {r["question"].get("question"): r["question"] for r in records
+                    if isinstance(r.get("question"), dict)}
+        why = {"ok": "not graded"}.get(status, f"not graded: the submission stopped first ({status})")
+        questions = [_trusted_question(tests, hidden, q, reported[q], scrub) if q in reported
+                     else _ungraded_rows(tests, q, why) for q in qids]
+        cell_errors = [scrub(str(r["cell_error"])) for r in records if "cell_error" in r]
+        if not records and not timed_out:
+            tail = stderr.strip().splitlines()[-3:]
+            print(f"dlbook-grade: {student}: the worker stopped before running the submission:\n  "
+                  + "\n  ".join(tail), file=sys.stderr)
+    return StudentGrade(student, set_id, status, questions, cell_errors)
+
+
+# ----------------------------------------------------------------------------------------------
+# A class
+
+
+def grades_csv(grades: list[StudentGrade], qids: list[str]) -> str:
+    """``student, <one column per question>, total, status``; one row per student, sorted."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["student", *qids, "total", "status"])
+    for grade in sorted(grades, key=lambda g: g.student):
+        earned = {q["question"]: q["earned"] for q in grade.questions}
+        writer.writerow([grade.student, *(fmt_points(earned.get(q, 0)) for q in qids), fmt_points(grade.total),
+                         grade.status])
+    return buffer.getvalue()
+
+
+def grade_class(exercise: Path, submissions: list[Path], out: Path, extra_tests: list[str] = (),
+                timeout: float = 120, cpu_seconds: float | None = None, memory_mb: int | None = 8192,
+                jobs: int = 1) -> str:
+    """Grade every submission of the set named by ``exercise`` (``exercises/NN_slug.ipynb``) into ``out``.
+
+    Writes ``out/<student>.json`` per submission and ``out/grades.csv``; returns
+    the CSV text. Students are the submissions' file stems, which must be unique.
+
+    Raises:
+        ValueError: unknown set, bad hidden tests, duplicate students, bad numbers.
+    """
+    exercise = Path(exercise)
+    if exercise.suffix != ".ipynb":
+        raise ValueError(f"the first argument names the set by its notebook, exercises/NN_slug.ipynb; got {exercise}")
+    set_id = exercise.stem
+    if not submissions:
+        raise ValueError("no submissions given")
+    if timeout <= 0 or (cpu_seconds is not None and cpu_seconds <= 0) or jobs < 1:
+        raise ValueError("timeout and --cpu must be positive seconds, and --jobs at least 1")
+    students = [Path(p).stem for p in submissions]
+    twice = sorted({s for s in students if students.count(s) > 1})
+    if twice:
+        raise ValueError(f"two submissions share a name (the file stem is the student): {', '.join(twice)}")
+    extra = [str(Path(x).resolve()) if Path(x).exists() else x for x in extra_tests]
+    tests, hidden = load_tests(set_id, extra)
+    qids = question_ids(tests)
+
+    def one(path: Path) -> StudentGrade:
+        return grade_submission(set_id, Path(path), tests, hidden, extra, timeout, cpu_seconds, memory_mb)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        grades = list(pool.map(one, submissions))
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for grade in grades:
+        (out / f"{grade.student}.json").write_text(grade.to_json(), encoding="utf-8")
+    text = grades_csv(grades, qids)
+    (out / "grades.csv").write_text(text, encoding="utf-8")
+    return text
