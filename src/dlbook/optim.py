@@ -102,13 +102,8 @@ class SGD(Optimizer):
     def step(self, closure: Callable | None = None):
         loss = _run_closure(closure)
         for group in self.param_groups:
-            lr, mu, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                g = -w.grad if group["maximize"] else w.grad
-                if wd:
-                    g = g + wd * w
+            lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
+            for w, g in _gradients(group):
                 if mu:
                     state = self.state[w]
                     if "momentum_buffer" not in state:
@@ -153,13 +148,8 @@ class RMSprop(Optimizer):
     def step(self, closure: Callable | None = None):
         loss = _run_closure(closure)
         for group in self.param_groups:
-            lr, alpha, eps, wd, mu = (group[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum"))
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                g = -w.grad if group["maximize"] else w.grad
-                if wd:
-                    g = g + wd * w
+            lr, alpha, eps, mu = (group[k] for k in ("lr", "alpha", "eps", "momentum"))
+            for w, g in _gradients(group):
                 state = self.state[w]
                 if not state:
                     state["square_avg"] = torch.zeros_like(w)
@@ -216,14 +206,9 @@ class Adam(Optimizer):
         loss = _run_closure(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                g = -w.grad if group["maximize"] else w.grad
+            for w, g in _gradients(group, l2=not self.decoupled):   # Adam: L2 penalty through the gradient
                 if wd and self.decoupled:
                     w.mul_(1 - lr * wd)                     # AdamW: shrink the weights themselves
-                elif wd:
-                    g = g + wd * w                          # Adam: L2 penalty through the gradient
                 state = self.state[w]
                 if not state:
                     state["step"] = 0
@@ -257,6 +242,22 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                          maximize=maximize)
+
+
+def _gradients(group: dict, l2: bool = True):
+    """Yield (w, g) for each parameter of ``group`` that has a gradient.
+
+    g has w's shape: the gradient, negated when ``maximize``, plus
+    ``weight_decay * w`` when ``l2`` (the L2 penalty's gradient).
+    """
+    wd = group["weight_decay"]
+    for w in group["params"]:
+        if w.grad is None:
+            continue
+        g = -w.grad if group["maximize"] else w.grad
+        if l2 and wd:
+            g = g + wd * w
+        yield w, g
 
 
 def _run_closure(closure):
