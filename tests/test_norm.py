@@ -342,6 +342,7 @@ def test_make_norm_factories_reject_unknown_kinds():
     with pytest.raises(ValueError, match="kind must be one of"):
         norm.make_norm2d("batchnorm", 4)
     with pytest.raises(ValueError, match="kind must be one of"):
-        norm.make_norm1d("group", 4)
-    for kind, cls in (("batch", norm.BatchNorm1d), ("layer", norm.LayerNorm), ("rms", norm.RMSNorm)):
+        norm.make_norm1d("instance", 4)
+    for kind, cls in (("batch", norm.BatchNorm1d), ("layer", norm.LayerNorm), ("rms", norm.RMSNorm),
+                      ("group", norm.GroupNorm)):
         assert isinstance(norm.make_norm1d(kind, 4), cls)

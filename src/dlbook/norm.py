@@ -43,7 +43,7 @@ from torch.nn.utils import parametrize
 __all__ = [
     "normalize", "reduction_dims", "stat_set_mask",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "InstanceNorm2d", "GroupNorm", "RMSNorm",
-    "WeightNorm", "weight_norm", "make_norm2d", "make_norm1d", "NORM_KINDS",
+    "WeightNorm", "weight_norm", "make_norm2d", "make_norm1d", "NORM_KINDS", "NORM1D_KINDS",
 ]
 
 
@@ -62,10 +62,8 @@ def normalize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5) -> torch.
         ``var / (var + eps)`` (so about 1) over ``dims``. The variance is the
         population one (divide by |S|, not |S| - 1), as in every torch norm layer.
     """
-    dims = tuple(dims)
-    mean = x.mean(dim=dims, keepdim=True)
-    var = x.var(dim=dims, unbiased=False, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps)
+    var, mean = torch.var_mean(x, dim=tuple(dims), unbiased=False, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps)
 
 
 _KIND_NAMES = {"batch": "BN", "layer": "LN", "instance": "IN", "group": "GN"}
@@ -235,24 +233,29 @@ class _BatchNorm(nn.Module):
                 raise ValueError(f"{type(self).__name__} in training mode needs more than one value per "
                                  f"channel to compute a variance, got input shape {tuple(x.shape)}; "
                                  "use a larger batch, or eval() to use the running statistics")
-            mean = x.mean(dim=dims)                           # (C,)
-            var = x.var(dim=dims, unbiased=False)             # (C,) population variance: used to normalize
+            # (C,) each; the population variance (divide by |S|) is the one used to normalize
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
             if self.training and self.track_running_stats:
-                self._update_running_stats(mean.detach(), var.detach() * count / max(count - 1, 1))
+                self._update_running_stats(mean.detach(), var.detach() * (count / max(count - 1, 1)))
         else:
             mean, var = self.running_mean, self.running_var
-        y = (x - _per_channel(mean, x.dim())) / torch.sqrt(_per_channel(var, x.dim()) + self.eps)
+        # y = (x - mean) / sqrt(var + eps) * gamma + beta, with the per-channel factors
+        # folded first, so that the (N, C, ...) tensor sees one multiply and one add.
+        scale = torch.rsqrt(var + self.eps)                   # (C,)
         if self.affine:
-            y = y * _per_channel(self.weight, x.dim()) + _per_channel(self.bias, x.dim())
-        return y
+            scale = scale * self.weight
+            shift = self.bias - mean * scale
+        else:
+            shift = -mean * scale
+        return x * _per_channel(scale, x.dim()) + _per_channel(shift, x.dim())
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
         # The running variance stores the *unbiased* estimate (divide by |S| - 1), as torch does.
-        self.num_batches_tracked += 1
+        self.num_batches_tracked.add_(1)
         m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.mul_(1 - m).add_(m * mean)
-        self.running_var.mul_(1 - m).add_(m * unbiased_var)
+        self.running_mean.lerp_(mean, m)          # (1 - m) * old + m * new
+        self.running_var.lerp_(unbiased_var, m)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -580,11 +583,16 @@ def make_norm2d(kind: str, channels: int, groups: int = 4) -> nn.Module:
     raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
 
 
-def make_norm1d(kind: str, features: int) -> nn.Module:
+NORM1D_KINDS = ("none", "batch", "layer", "group", "rms")
+
+
+def make_norm1d(kind: str, features: int, groups: int = 4) -> nn.Module:
     """A normalization layer for (N, D) activations of an MLP, by name.
 
-    ``"batch"`` -> BatchNorm1d; ``"layer"`` -> LayerNorm(D); ``"rms"`` -> RMSNorm(D);
-    ``"none"`` -> identity. (Instance and group norm need channels and are for images.)
+    ``"batch"`` -> BatchNorm1d; ``"layer"`` -> LayerNorm(D); ``"group"`` ->
+    GroupNorm(groups, D) (the D features cut into groups, each normalized per
+    example); ``"rms"`` -> RMSNorm(D); ``"none"`` -> identity. Instance norm needs
+    spatial axes and exists only for images (:func:`make_norm2d`).
     """
     if kind == "none":
         return nn.Identity()
@@ -592,6 +600,8 @@ def make_norm1d(kind: str, features: int) -> nn.Module:
         return BatchNorm1d(features)
     if kind == "layer":
         return LayerNorm(features)
+    if kind == "group":
+        return GroupNorm(groups, features)
     if kind == "rms":
         return RMSNorm(features, eps=1e-6)
-    raise ValueError(f"kind must be one of 'none', 'batch', 'layer', 'rms' for an MLP, got {kind!r}")
+    raise ValueError(f"kind must be one of {NORM1D_KINDS} for an MLP, got {kind!r}")
