@@ -1,16 +1,17 @@
-"""Grade a class: one subprocess per submission, one JSON per student and ``grades.csv``.
+"""Grade a class: one process per submission, one JSON per student and ``grades.csv``.
 
-:func:`grade_class` is what ``python -m dlbook.grading grade`` runs. For each
-submission it
+:func:`grade_class` is what ``python -m dlbook.grading grade`` runs. It
 
-* checks that the file is a notebook (else status ``invalid notebook``);
-* runs :mod:`dlbook.grading.worker` in a fresh process (``sys.executable``), in
-  an empty temporary folder, with CPU and memory limits and a wall-clock
-  timeout that starts when the worker is ready to run the submission's first
-  cell (so the time to import torch is not the student's);
-* reads the results the worker streamed, one question at a time, so a hang
-  (status ``timeout after N s``) or a crash (``crashed (exit N)``, or
-  ``crashed (killed by SIGNAL)``) keeps the questions graded before it.
+* checks that each file is a notebook (else status ``invalid notebook``);
+* starts one grading process (:mod:`dlbook.grading.worker`, run with
+  ``sys.executable``) that imports torch and the tests once, then forks a child
+  per submission, ``--jobs`` at a time: each child runs in an empty temporary
+  folder with CPU and memory limits (``resource.setrlimit``) and a wall-clock
+  timeout counted from its start;
+* reads what each child streamed, one question at a time, so a hang (status
+  ``timeout after N s``) or a crash (``crashed (exit N)``, or
+  ``crashed (killed by SIGNAL)`` when a limit or signal ended it) keeps the
+  questions graded before it.
 
 Points come from the instructor's copy of the tests, never from the child:
 a row counts only if the child reports a known test as passed.
@@ -20,7 +21,6 @@ grading the same files twice gives byte-identical output.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import importlib
@@ -32,17 +32,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 from dlbook.grading.core import TestSpec, collect_tests, fmt_points
 from dlbook.grading.sets import load_set, question_ids
 
-__all__ = ["load_tests", "load_extra_tests", "validate_notebook", "grade_submission", "grade_class",
+__all__ = ["load_tests", "load_extra_tests", "validate_notebook", "grade_submissions", "grade_class", "grades_csv",
            "StudentGrade"]
 
-STARTUP_LIMIT_S = 300  # the worker must be ready (torch imported, tests loaded) within this
+STARTUP_LIMIT_S = 300  # the grading process must import torch and the tests within this
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,34 +190,6 @@ def _trusted_question(tests, hidden: frozenset, qid: str, reported: dict, scrub:
             "attempted": any(r["status"] not in ("not attempted", "not graded") for r in rows), "tests": rows}
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _run_worker(cmd: list[str], cwd: str, env: dict, stream: Path, timeout: float, log) -> tuple[int | None, bool]:
-    """Run the worker; return (exit code, timed out). The timeout starts when the worker reports ready."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=log, start_new_session=True)
-    started, ready_at = time.monotonic(), None
-    while True:
-        try:
-            code = proc.wait(timeout=0.05)
-            return code, False
-        except subprocess.TimeoutExpired:
-            pass
-        now = time.monotonic()
-        if ready_at is None and stream.exists() and stream.stat().st_size > 0:
-            ready_at = now
-        deadline = (ready_at + timeout) if ready_at is not None else (started + STARTUP_LIMIT_S + timeout)
-        if now > deadline:
-            _stop(proc)
-            return None, True
-
-
 def _status(code: int | None, timed_out: bool, done: bool, timeout: float) -> str:
     if timed_out:
         return f"timeout after {fmt_points(timeout)} s"
@@ -233,50 +204,102 @@ def _status(code: int | None, timed_out: bool, done: bool, timeout: float) -> st
     return f"crashed (exit {code})"
 
 
-def grade_submission(set_id: str, path: Path, tests, hidden: frozenset, extra: list[str] = (),
-                     timeout: float = 120, cpu_seconds: float | None = None, memory_mb: int | None = 8192,
-                     student: str | None = None) -> StudentGrade:
-    """Grade one notebook in its own process; never raises for anything the submission does."""
-    path = Path(path)
-    student = student or path.stem
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run_grader(set_id: str, paths: list[Path], work: Path, extra: list[str], timeout: float,
+                cpu_seconds: float | None, memory_mb: int | None, jobs: int) -> str:
+    """Start the grading process (dlbook.grading.worker) on ``paths``; return its stderr."""
+    cmd = [sys.executable, "-m", "dlbook.grading.worker", set_id, str(work), *(str(p.resolve()) for p in paths),
+           "--jobs", str(jobs), "--timeout", str(timeout),
+           "--cpu", str(cpu_seconds if cpu_seconds else timeout + 10), "--memory-mb", str(memory_mb or 0)]
+    for source in extra:
+        cmd += ["--extra-tests", source]
+    env = dict(os.environ, MPLBACKEND="Agg", IPYTHONDIR=str(work / ".ipython"), PYTHONHASHSEED="0",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               PYDEVD_DISABLE_FILE_VALIDATION="1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    rounds = -(-len(paths) // jobs)
+    limit = STARTUP_LIMIT_S + rounds * (timeout + 30)
+    with open(work / "grader.stderr", "w+b") as log:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait()
+        for pid_file in work.glob("*/pid"):  # children left behind by a grader that was stopped
+            if not (pid_file.parent / "exit.json").exists():
+                _kill_group(int(pid_file.read_text()))
+        log.seek(0)
+        return log.read().decode("utf-8", errors="replace")
+
+
+def _collect(student: str, set_id: str, tests, hidden: frozenset, folder: Path, timeout: float,
+             grader_log: str) -> StudentGrade:
+    """A submission's grade from what its child streamed into ``folder``."""
     qids = question_ids(tests)
-    problem = validate_notebook(path)
-    if problem is not None:
-        return StudentGrade(student, set_id, "invalid notebook",
-                            [_ungraded_rows(tests, q, "the file is not a valid notebook") for q in qids], [],
-                            detail=problem)
-    with tempfile.TemporaryDirectory(prefix="dlbook-grade-") as work:
-        stream = Path(work) / ".results.jsonl"
-        cmd = [sys.executable, "-m", "dlbook.grading.worker", set_id, str(path.resolve()), str(stream),
-               "--cpu", str(cpu_seconds if cpu_seconds else timeout + 10), "--memory-mb", str(memory_mb or 0)]
-        for source in extra:
-            cmd += ["--extra-tests", source]
-        env = dict(os.environ, MPLBACKEND="Agg", IPYTHONDIR=str(Path(work) / ".ipython"),
-                   PYTHONPATH=os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                   PYTHONHASHSEED="0", PYDEVD_DISABLE_FILE_VALIDATION="1")
-        env.setdefault("OMP_NUM_THREADS", "1")
-        with open(Path(work) / ".stderr", "w+b") as log:
-            code, timed_out = _run_worker(cmd, work, env, stream, timeout, log)
-            log.seek(0)
-            stderr = log.read().decode("utf-8", errors="replace")
-        records = _read_stream(stream)
-
-        def scrub(text: str) -> str:
-            return text.replace(os.path.realpath(work), "<tmp>").replace(work, "<tmp>")
-
+    records = _read_stream(folder / "results.jsonl")
+    try:
+        exit_info = json.loads((folder / "exit.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        exit_info = None
+    if exit_info is None:
+        status = "crashed (the grading process stopped)"
+        tail = grader_log.strip().splitlines()[-3:]
+        print(f"dlbook-grade: {student}: the grading process stopped before this submission finished:\n  "
+              + "\n  ".join(tail), file=sys.stderr)
+    else:
         done = any(r.get("done") for r in records)
-        status = _status(code, timed_out, done, timeout)
-        reported = {r["question"].get("question"): r["question"] for r in records
-                    if isinstance(r.get("question"), dict)}
-        why = {"ok": "not graded"}.get(status, f"not graded: the submission stopped first ({status})")
-        questions = [_trusted_question(tests, hidden, q, reported[q], scrub) if q in reported
-                     else _ungraded_rows(tests, q, why) for q in qids]
-        cell_errors = [scrub(str(r["cell_error"])) for r in records if "cell_error" in r]
-        if not records and not timed_out:
-            tail = stderr.strip().splitlines()[-3:]
-            print(f"dlbook-grade: {student}: the worker stopped before running the submission:\n  "
+        status = _status(exit_info.get("code"), bool(exit_info.get("timed_out")), done, timeout)
+        if exit_info.get("code") == 70 and not records:
+            tail = (folder / "stderr").read_text(errors="replace").strip().splitlines()[-3:] \
+                if (folder / "stderr").exists() else []
+            print(f"dlbook-grade: {student}: the grader failed before running the submission:\n  "
                   + "\n  ".join(tail), file=sys.stderr)
+    work = str(folder)
+
+    def scrub(text: str) -> str:
+        return text.replace(os.path.realpath(work), "<tmp>").replace(work, "<tmp>")
+
+    reported = {r["question"].get("question"): r["question"] for r in records if isinstance(r.get("question"), dict)}
+    why = f"not graded: the submission stopped first ({status})"
+    questions = [_trusted_question(tests, hidden, q, reported[q], scrub) if q in reported
+                 else _ungraded_rows(tests, q, why) for q in qids]
+    cell_errors = [scrub(str(r["cell_error"])) for r in records if "cell_error" in r]
     return StudentGrade(student, set_id, status, questions, cell_errors)
+
+
+def grade_submissions(set_id: str, paths: list[Path], tests, hidden: frozenset, extra: list[str] = (),
+                      timeout: float = 120, cpu_seconds: float | None = None, memory_mb: int | None = 8192,
+                      jobs: int = 1) -> list[StudentGrade]:
+    """Grade notebooks, each in a process of its own; never raises for anything a submission does.
+
+    Returns one :class:`StudentGrade` per path, in order (the student is the file stem).
+    """
+    paths = [Path(p) for p in paths]
+    grades: dict[int, StudentGrade] = {}
+    runnable: list[int] = []
+    for i, path in enumerate(paths):
+        problem = validate_notebook(path)
+        if problem is None:
+            runnable.append(i)
+        else:
+            grades[i] = StudentGrade(path.stem, set_id, "invalid notebook",
+                                     [_ungraded_rows(tests, q, "the file is not a valid notebook")
+                                      for q in question_ids(tests)], [], detail=problem)
+    if runnable:
+        with tempfile.TemporaryDirectory(prefix="dlbook-grade-") as work:
+            log = _run_grader(set_id, [paths[i] for i in runnable], Path(work), list(extra), timeout,
+                              cpu_seconds, memory_mb, jobs)
+            for k, i in enumerate(runnable):
+                grades[i] = _collect(paths[i].stem, set_id, tests, hidden, Path(work) / str(k), timeout, log)
+    return [grades[i] for i in range(len(paths))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,11 +345,8 @@ def grade_class(exercise: Path, submissions: list[Path], out: Path, extra_tests:
     tests, hidden = load_tests(set_id, extra)
     qids = question_ids(tests)
 
-    def one(path: Path) -> StudentGrade:
-        return grade_submission(set_id, Path(path), tests, hidden, extra, timeout, cpu_seconds, memory_mb)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        grades = list(pool.map(one, submissions))
+    grades = grade_submissions(set_id, [Path(p) for p in submissions], tests, hidden, extra, timeout, cpu_seconds,
+                               memory_mb, jobs)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

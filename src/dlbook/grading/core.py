@@ -47,6 +47,8 @@ class TestTimeout(BaseException):
 class TestSpec:
     """What :func:`question` attaches to a test function."""
 
+    __test__ = False  # not a pytest class
+
     question: str
     points: float
     timeout: float
@@ -178,6 +180,8 @@ def assert_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0, hint: 
 @dataclasses.dataclass
 class TestResult:
     """One row of the report: a test's outcome."""
+
+    __test__ = False
 
     question: str
     name: str

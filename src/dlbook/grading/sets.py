@@ -15,7 +15,7 @@ from typing import Callable
 
 from dlbook.grading.core import QuestionResult, collect_tests, format_question, format_summary, run_question
 
-__all__ = ["test_module_name", "load_set", "question_ids", "checker"]
+__all__ = ["set_module_name", "load_set", "question_ids", "checker"]
 
 SET_ID = re.compile(r"^(\d\d)_([a-z0-9_]+)$")
 
@@ -24,7 +24,7 @@ SET_ID = re.compile(r"^(\d\d)_([a-z0-9_]+)$")
 _GRADER_ACTIVE = False
 
 
-def test_module_name(set_id: str) -> str:
+def set_module_name(set_id: str) -> str:
     """``"00_preliminaries"`` -> ``"dlbook.exercises.ex00_preliminaries"``."""
     if not isinstance(set_id, str) or not SET_ID.match(set_id):
         raise ValueError(f"an exercise set id looks like '00_preliminaries' (two digits, '_', a lowercase slug), "
@@ -34,7 +34,7 @@ def test_module_name(set_id: str) -> str:
 
 def load_set(set_id: str) -> types.ModuleType:
     """Import the test module of ``set_id``; a clear error if there is none."""
-    name = test_module_name(set_id)
+    name = set_module_name(set_id)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:

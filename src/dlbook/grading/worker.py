@@ -1,21 +1,31 @@
-"""The child process that runs one submission and grades it (started by :mod:`dlbook.grading.batch`).
+"""The grading process: runs submissions, one forked child each (started by :mod:`dlbook.grading.batch`).
 
-    python -m dlbook.grading.worker SET_ID NOTEBOOK RESULTS [--extra-tests X ...] [--cpu S] [--memory-mb MB]
+    python -m dlbook.grading.worker SET_ID WORKDIR NOTEBOOK... [--extra-tests X] [--jobs N]
+                                    [--timeout S] [--cpu S] [--memory-mb MB]
 
-In order, it:
+The process imports torch, dlbook.grading (which binds the reference
+functions of torch and numpy) and the set's tests, plus the instructor's
+hidden ones, once. Then, for submission ``i``, it forks a child that
 
-1. limits its own CPU time and address space (``resource.setrlimit``);
-2. imports dlbook.grading, which binds the reference functions of torch and
-   numpy, and the set's tests (and the instructor's hidden ones), all before any
-   submitted code runs;
-3. runs the notebook's code cells in order in an IPython shell (so ``%`` magics
-   work); a cell that raises is recorded and the next cell still runs;
-4. grades question ``qN`` right after the cell that calls ``check("qN")``, and
-   every question left at the end, and appends each result to RESULTS as one
-   JSON line, flushed at once, so a later hang or crash keeps what was graded.
+1. starts a process group of its own and limits its CPU time and address
+   space (``resource.setrlimit``);
+2. runs the notebook's code cells in order in a fresh IPython shell (so ``%``
+   magics work), in the empty folder ``WORKDIR/i``; a cell that raises is
+   recorded and the next cell still runs;
+3. grades question ``qN`` right after the cell that calls ``check("qN")``, and
+   every question left at the end, appending each result to
+   ``WORKDIR/i/results.jsonl`` as one JSON line, flushed at once, so a later
+   hang or crash keeps what was graded.
+
+This process kills a child that runs past its wall-clock timeout (counted from
+the fork, so importing torch is not the student's time) and writes
+``WORKDIR/i/exit.json``. Forking after the imports makes each submission cost
+a fraction of a second instead of a fresh interpreter's few seconds, while every
+submission still runs in a process of its own: its monkeypatches, crashes and
+``os._exit`` end with it.
 
 The submission's own ``check()`` calls print a note and run nothing: the
-worker grades every question itself, whatever the notebook does with ``check``.
+child grades every question itself, whatever the notebook does with ``check``.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import os
 import re
 import resource
 import sys
+import time
+import traceback
 
 _CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z][A-Za-z0-9_.-]*)["']\s*\)""")
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
@@ -77,29 +89,17 @@ class _Results:
         os.fsync(self._file.fileno())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dlbook.grading.worker")
-    parser.add_argument("set_id")
-    parser.add_argument("notebook")
-    parser.add_argument("results")
-    parser.add_argument("--extra-tests", action="append", default=[])
-    parser.add_argument("--cpu", type=float, default=None)
-    parser.add_argument("--memory-mb", type=int, default=None)
-    args = parser.parse_args(argv)
 
-    set_limits(args.cpu, args.memory_mb)
-    results = _Results(args.results)
-
-    # Before any submitted code: bind the references, load every test.
+def grade_notebook(notebook: str, results_path: str, tests, hidden: frozenset) -> None:
+    """Run a submission's code cells and stream each question's result (in the child)."""
     from dlbook.grading import sets
-    from dlbook.grading.batch import load_tests
     from dlbook.grading.core import run_question
+    from dlbook.grading.sets import question_ids
 
-    tests, hidden = load_tests(args.set_id, args.extra_tests)
     sets._GRADER_ACTIVE = True
-    questions = list(dict.fromkeys(spec.question for spec, _ in tests))
-
-    with open(args.notebook, encoding="utf-8") as f:
+    results = _Results(results_path)
+    questions = question_ids(tests)
+    with open(notebook, encoding="utf-8") as f:
         nb = json.load(f)
     shell = _shell()
     namespace = shell.user_ns
@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         results.write({"question": result.to_dict()})
         graded.add(qid)
 
-    results.write({"ready": True})
     code_cells = [c for c in nb["cells"] if c.get("cell_type") == "code"]
     for number, cell in enumerate(code_cells, start=1):
         source = cell.get("source", "")
@@ -118,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         outcome = shell.run_cell(source, store_history=False)
         error = outcome.error_before_exec or outcome.error_in_exec
         if error is not None:
-            message = _ADDRESS.sub("", str(error).strip().splitlines()[0] if str(error).strip() else "")
-            results.write({"cell_error": f"code cell {number}: {type(error).__name__}" + (f": {message}" if message else "")})
+            text = str(error).strip()
+            message = _ADDRESS.sub("", text.splitlines()[0] if text else "")
+            results.write({"cell_error": f"code cell {number}: {type(error).__name__}"
+                                         + (f": {message}" if message else "")})
         for qid in check_calls(source):
             if qid in questions and qid not in graded:
                 grade(qid)
@@ -127,7 +128,92 @@ def main(argv: list[str] | None = None) -> int:
         if qid not in graded:
             grade(qid)
     results.write({"done": True})
-    sys.stdout.flush()
+
+
+def _child(index: int, notebook: str, folder: str, tests, hidden, cpu: float | None, memory_mb: int | None):
+    """In the forked child: isolate, limit, grade, and leave without returning to the parent's code."""
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        os.chdir(folder)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        log = os.open(os.path.join(folder, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(log, 2)
+        set_limits(cpu, memory_mb)
+        grade_notebook(notebook, os.path.join(folder, "results.jsonl"), tests, hidden)
+    except BaseException:  # noqa: BLE001  (anything at all: report and leave)
+        code = 70
+        with_traceback = traceback.format_exc()
+        try:
+            sys.stderr.write(with_traceback)
+            sys.stderr.flush()
+        except Exception:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _write_exit(folder: str, code: int | None, timed_out: bool) -> None:
+    with open(os.path.join(folder, "exit.json"), "w", encoding="utf-8") as f:
+        json.dump({"code": code, "timed_out": timed_out}, f, sort_keys=True)
+
+
+def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], jobs: int, timeout: float,
+          cpu: float | None, memory_mb: int | None) -> None:
+    """Grade ``notebooks`` with at most ``jobs`` children at a time."""
+    from dlbook.grading.batch import load_tests
+
+    tests, hidden = load_tests(set_id, extra)  # before any submitted code exists in any process
+    from IPython.core.interactiveshell import InteractiveShell  # noqa: F401  (import once, before the forks)
+
+    pending = list(enumerate(notebooks))
+    running: dict[int, tuple[str, float]] = {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            index, notebook = pending.pop(0)
+            folder = os.path.join(workdir, str(index))
+            os.makedirs(folder, exist_ok=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(index, notebook, folder, tests, hidden, cpu, memory_mb)
+            with open(os.path.join(folder, "pid"), "w") as f:
+                f.write(str(pid))
+            running[pid] = (folder, time.monotonic() + timeout)
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            folder, _ = running.pop(pid)
+            _write_exit(folder, os.waitstatus_to_exitcode(status), False)
+            continue
+        now = time.monotonic()
+        for pid, (folder, deadline) in list(running.items()):
+            if now > deadline:
+                try:
+                    os.killpg(pid, 9)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
+                running.pop(pid)
+                _write_exit(folder, None, True)
+        time.sleep(0.02)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dlbook.grading.worker")
+    parser.add_argument("set_id")
+    parser.add_argument("workdir")
+    parser.add_argument("notebooks", nargs="+")
+    parser.add_argument("--extra-tests", action="append", default=[])
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--cpu", type=float, default=None)
+    parser.add_argument("--memory-mb", type=int, default=None)
+    args = parser.parse_args(argv)
+    serve(args.set_id, args.workdir, args.notebooks, args.extra_tests, args.jobs, args.timeout, args.cpu,
+          args.memory_mb)
     return 0
 
 

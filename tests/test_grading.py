@@ -1,0 +1,431 @@
+"""Tests of dlbook.grading: the learner's check(), the student-version generator and the grade command.
+
+On every run they prove that (a) every source notebook earns full points, (b) every
+shipped student notebook earns 0 with "not attempted" everywhere and is what its
+source generates, (c) the fixture class in tests/fixtures/grading gets exactly the
+expected grades, and (d) grading twice is byte-identical. The grading runs are
+module-scoped fixtures, so each class is graded once per run (twice for (d)).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dlbook.grading import assert_close, checker, question
+from dlbook.grading import _references
+from dlbook.grading.__main__ import main as cli_main
+from dlbook.grading.batch import grade_class, grade_submissions, load_extra_tests, load_tests, validate_notebook
+from dlbook.grading.core import TestSpec, collect_tests, run_test
+from dlbook.grading.sets import load_set, set_module_name
+from dlbook.grading.student import dumps_notebook, generate_all, read_notebook, student_notebook, student_source
+from dlbook.grading.worker import check_calls
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "grading"
+SETS = sorted(p.stem for p in (ROOT / "exercises" / "_source").glob("*.ipynb"))
+HANG_TIMEOUT = 5  # seconds: the infinite_loop fixture is stopped after this
+
+EXPECTED_CSV = """\
+student,q1,q2,q3,q4,total,status
+blank,0,0,0,0,0,ok
+correct,3,5,4,3,15,ok
+corrupt,0,0,0,0,0,invalid notebook
+infinite_loop,3,0,0,0,3,timeout after 5 s
+monkeypatch,0,0,0,0,0,ok
+os_exit,3,5,0,0,8,crashed (exit 3)
+partly_wrong,1,2,1,0,4,ok
+"""
+
+
+# ---------------------------------------------------------------------------------------------- generator
+
+
+def test_solution_block_becomes_an_indented_stub():
+    source = "def f(x):\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n"
+    assert student_source(source) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError\n"
+
+
+def test_solution_line_keeps_its_left_hand_side():
+    assert student_source("steps = 100 // 32  # SOLUTION") == "steps = ..."
+    assert student_source("    model.lr = 0.1 # SOLUTION\nprint(1)") == "    model.lr = ...\nprint(1)"
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("### BEGIN SOLUTION\nx = 1\n", "never closed"),
+    ("x = 1\n### END SOLUTION\n", "without a"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n", "inside another"),
+    ("print(1)  # SOLUTION", "must be an assignment"),
+])
+def test_malformed_markers_raise_a_value_error_naming_the_problem(bad, why):
+    with pytest.raises(ValueError, match=why):
+        student_source(bad)
+
+
+def test_student_notebook_drops_solution_only_cells_and_outputs():
+    nb = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Title"]},
+        {"cell_type": "code", "metadata": {"tags": ["solution-only"]}, "outputs": [], "execution_count": None,
+         "source": ["assert True"]},
+        {"cell_type": "code", "metadata": {}, "execution_count": 3, "source": ["n = 3  # SOLUTION\n", "n"],
+         "outputs": [{"output_type": "execute_result", "data": {"text/plain": ["3"]}, "metadata": {},
+                      "execution_count": 3}]},
+    ], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    out = student_notebook(nb)
+    assert [c["cell_type"] for c in out["cells"]] == ["markdown", "code"]
+    assert out["cells"][1] == {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                               "source": ["n = ...\n", "n"]}
+    assert nb["cells"][2]["outputs"], "the source notebook must not be modified"
+
+
+@pytest.mark.parametrize("set_id", SETS)
+def test_committed_student_notebook_is_what_its_source_generates(set_id):
+    """Regeneration check: `python -m dlbook.grading generate` would change nothing."""
+    source = read_notebook(ROOT / "exercises" / "_source" / f"{set_id}.ipynb")
+    expected = dumps_notebook(student_notebook(source))
+    committed = (ROOT / "exercises" / f"{set_id}.ipynb").read_text(encoding="utf-8")
+    assert committed == expected, f"run `python -m dlbook.grading generate` and commit exercises/{set_id}.ipynb"
+
+
+def test_generate_check_reports_nothing_out_of_date(capsys):
+    assert generate_all(ROOT, check=True) == []
+    assert cli_main(["generate", "--check", "--root", str(ROOT)]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("set_id", SETS)
+def test_every_set_has_a_test_module_with_at_least_three_questions(set_id):
+    tests = collect_tests(load_set(set_id))
+    assert len({spec.question for spec, _ in tests}) >= 3
+    nb = read_notebook(ROOT / "exercises" / "_source" / f"{set_id}.ipynb")
+    calls = [q for c in nb["cells"] if c["cell_type"] == "code" for q in check_calls("".join(c["source"]))]
+    assert sorted(set(calls)) == sorted({spec.question for spec, _ in tests}), "one check cell per question"
+
+
+# ---------------------------------------------------------------------------------------------- declaring tests
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(qid="", points=1), "question id"),
+    (dict(qid="q1", points=0), "points"),
+    (dict(qid="q1", points=True), "points"),
+    (dict(qid="q1", points=1, timeout=-1), "timeout"),
+])
+def test_question_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        question(**kwargs)
+
+
+def test_set_ids_are_validated():
+    assert set_module_name("00_preliminaries") == "dlbook.exercises.ex00_preliminaries"
+    with pytest.raises(ValueError, match="two digits"):
+        set_module_name("preliminaries")
+    with pytest.raises(ValueError, match="no tests for exercise set"):
+        load_set("99_nothing")
+
+
+# ---------------------------------------------------------------------------------------------- assert_close
+
+
+def test_assert_close_passes_within_tolerance_and_reports_max_error_and_hint():
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert_close(x + 1e-9, x, atol=1e-8)
+    with pytest.raises(AssertionError, match=r"max abs error 0\.5 at index \(1,\).*unbiased variance"):
+        assert_close(x + torch.tensor([0.0, 0.5, 0.1]), x, atol=1e-3, hint="did you use the unbiased variance?")
+
+
+@pytest.mark.parametrize("actual, match", [
+    (None, "forget to `return`"),
+    (torch.ones(2), r"shape \(2,\), expected \(3,\)"),
+    (torch.tensor([1.0, float("inf"), 1.0]), "inf or nan"),
+    ("text", "tensor or a number"),
+])
+def test_assert_close_explains_what_is_wrong(actual, match):
+    with pytest.raises(AssertionError, match=match):
+        assert_close(actual, torch.ones(3))
+
+
+def test_assert_close_ignores_a_monkeypatched_torch_allclose(monkeypatch):
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    monkeypatch.setattr(torch.testing, "assert_close", lambda *a, **k: None)
+    with pytest.raises(AssertionError, match="max abs error 1"):
+        assert_close(torch.zeros(3), torch.ones(3))
+
+
+def test_clean_references_restores_torch_and_numpy_during_a_test_and_the_learners_versions_after(monkeypatch):
+    fake = lambda *a, **k: True  # noqa: E731
+    monkeypatch.setattr(torch, "allclose", fake)
+    monkeypatch.setattr(np, "allclose", fake)
+    monkeypatch.setattr(torch.Tensor, "allclose", fake, raising=False)
+    with _references.clean_references() as restored:
+        assert not torch.allclose(torch.zeros(1), torch.ones(1))
+        assert not np.allclose(0.0, 1.0)
+        assert not torch.zeros(1).allclose(torch.ones(1))
+        assert {"torch.allclose", "numpy.allclose", "Tensor.allclose"} <= set(restored)
+    assert torch.allclose is fake and np.allclose is fake
+
+
+# ---------------------------------------------------------------------------------------------- check()
+
+
+def _ns_solved():
+    """A learner's namespace that solves every question of 00_preliminaries."""
+    def mlp_forward(x, weights, biases):
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            x = x @ w.T + b
+            x = torch.relu(x) if i < len(weights) - 1 else x
+        return x
+    return {"sigmoid": torch.sigmoid, "sigmoid_grad": lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x)),
+            "bce_with_logits": torch.nn.functional.binary_cross_entropy_with_logits,
+            "log_softmax": lambda z: torch.log_softmax(z, dim=-1), "cross_entropy": torch.nn.functional.cross_entropy,
+            "mlp_forward": mlp_forward, "n_params": 64 * 32 + 32 + 32 * 10 + 10}
+
+
+def test_check_prints_pass_rows_points_and_the_score(capsys):
+    check, _ = checker("00_preliminaries", namespace=_ns_solved())
+    check("q1")
+    out = capsys.readouterr().out
+    assert "PASS  1/1  sigmoid_matches_torch" in out and "PASS  2/2  sigmoid_grad_matches_autograd" in out
+    assert out.rstrip().endswith("q1: 3/3 points")
+
+
+def test_check_names_the_likely_mistake_when_a_test_fails(capsys):
+    ns = dict(_ns_solved(), sigmoid_grad=lambda x: 1 - torch.sigmoid(x) ** 2)
+    check, _ = checker("00_preliminaries", namespace=ns)
+    check("q1")
+    out = capsys.readouterr().out
+    assert "FAIL  0/2  sigmoid_grad_matches_autograd: max abs error" in out and "tanh's derivative" in out
+    assert out.rstrip().endswith("q1: 1/3 points")
+
+
+def test_check_shows_not_attempted_for_stubs_and_dots(capsys):
+    def stub(*args):
+        raise NotImplementedError
+
+    check, _ = checker("00_preliminaries", namespace={"mlp_forward": stub, "n_params": ...})
+    check("q4")
+    out = capsys.readouterr().out
+    assert "not attempted: still raises NotImplementedError" in out and "`n_params` is still `...`" in out
+    assert out.rstrip().endswith("q4: 0/3 points (not attempted)")
+
+
+def test_check_reports_an_exception_in_the_learners_code_without_raising(capsys):
+    def broken(logits, targets):
+        raise ValueError("shapes do not match")
+
+    check, _ = checker("00_preliminaries", namespace={"bce_with_logits": broken})
+    check("q2")
+    out = capsys.readouterr().out
+    assert "FAIL  0/2  bce_matches_torch: error: raised ValueError: shapes do not match" in out
+    check("q9")
+    assert "no question 'q9'" in capsys.readouterr().out
+
+
+def test_check_all_prints_every_question_and_the_total(capsys):
+    _, check_all = checker("00_preliminaries", namespace=dict(_ns_solved(), n_params=2368))
+    check_all()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "Exercise set 00_preliminaries"
+    assert [line.split()[0] for line in lines[1:]] == ["q1", "q2", "q3", "q4", "Total"]
+    assert "failing: n_params_counts_weights_and_biases" in lines[4]
+    assert lines[-1].split() == ["Total", "13", "/", "14"]
+
+
+def test_check_reads_the_callers_globals_live(capsys):
+    namespace = {}
+    exec("from dlbook.grading import checker\ncheck, check_all = checker('00_preliminaries')", namespace)
+    namespace["sigmoid"] = torch.sigmoid
+    namespace["check"]("q1")
+    assert "PASS  1/1  sigmoid_matches_torch" in capsys.readouterr().out
+
+
+def test_a_test_that_runs_past_its_timeout_fails_with_timeout():
+    def endless(ns):
+        while True:
+            pass
+
+    row = run_test(TestSpec("q1", 1, 0.2, "endless", ""), endless, {})
+    assert (row.status, row.earned) == ("timeout", 0.0) and "0.2 s" in row.message
+
+
+# ---------------------------------------------------------------------------------------------- grade: inputs
+
+
+def test_validate_notebook_names_what_is_wrong(tmp_path):
+    cases = {"ok.ipynb": '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
+             "json.ipynb": '{"cells": "nope", "nbformat": 4}', "broken.ipynb": '{"cells": [',
+             "v3.ipynb": '{"cells": [], "nbformat": 3}'}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    assert validate_notebook(tmp_path / "ok.ipynb") is None
+    assert "no list of cells" in validate_notebook(tmp_path / "json.ipynb")
+    assert "not JSON" in validate_notebook(tmp_path / "broken.ipynb")
+    assert "nbformat 3" in validate_notebook(tmp_path / "v3.ipynb")
+    assert validate_notebook(FIXTURES / "corrupt.ipynb") == "not a text file"
+
+
+def test_extra_tests_load_from_a_file_a_folder_or_a_module_and_must_define_tests(tmp_path):
+    tests, hidden = load_tests("00_preliminaries", [str(FIXTURES / "hidden_tests.py")])
+    assert hidden == {"bce_is_stable_in_float32"} and tests[-1][0].question == "q2"
+    folder = tmp_path / "hidden"
+    folder.mkdir()
+    (folder / "more.py").write_text((FIXTURES / "hidden_tests.py").read_text())
+    assert len(load_extra_tests([str(folder)])) == 1
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="defines no @question tests"):
+        load_extra_tests([str(tmp_path / "empty.py")])
+    with pytest.raises(ValueError, match="neither a .py file"):
+        load_extra_tests(["no_such_module_anywhere"])
+    (tmp_path / "clash.py").write_text("from dlbook.grading import question\n"
+                                       "@question('q1')\ndef sigmoid_matches_torch(ns):\n    pass\n")
+    with pytest.raises(ValueError, match="unique"):
+        load_tests("00_preliminaries", [str(tmp_path / "clash.py")])
+
+
+def test_grade_rejects_duplicate_students_and_a_wrong_first_argument(tmp_path):
+    with pytest.raises(ValueError, match="share a name"):
+        grade_class(ROOT / "exercises" / "00_preliminaries.ipynb", [FIXTURES / "blank.ipynb", tmp_path / "blank.ipynb"],
+                    tmp_path / "out")
+    with pytest.raises(ValueError, match="names the set by its notebook"):
+        grade_class(ROOT / "exercises", [FIXTURES / "blank.ipynb"], tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- (a) and (b)
+
+
+@pytest.fixture(scope="module")
+def set_grades():
+    """Every set's source and student notebook, graded once: {set_id: (source_grade, student_grade)}."""
+    graded = {}
+    for set_id in SETS:
+        tests, hidden = load_tests(set_id)
+        paths = [ROOT / "exercises" / "_source" / f"{set_id}.ipynb", ROOT / "exercises" / f"{set_id}.ipynb"]
+        graded[set_id] = tuple(grade_submissions(set_id, paths, tests, hidden, timeout=120, jobs=2))
+    return graded
+
+
+@pytest.mark.parametrize("set_id", SETS)
+def test_a_every_source_notebook_earns_full_points_on_every_question(set_grades, set_id):
+    source, _ = set_grades[set_id]
+    assert source.status == "ok", source.cell_errors
+    for q in source.questions:
+        failing = [(t["name"], t["message"]) for t in q["tests"] if t["status"] != "pass"]
+        assert q["earned"] == q["points"] > 0, f"{set_id} {q['question']}: {failing}"
+    assert source.cell_errors == []
+
+
+@pytest.mark.parametrize("set_id", SETS)
+def test_b_every_student_notebook_earns_zero_with_not_attempted_everywhere(set_grades, set_id):
+    _, student = set_grades[set_id]
+    assert student.status == "ok" and student.cell_errors == [], "the student version must run top to bottom"
+    for q in student.questions:
+        assert q["earned"] == 0 and not q["attempted"]
+        assert {t["status"] for t in q["tests"]} == {"not attempted"}, q
+
+
+# ---------------------------------------------------------------------------------------------- (c) and (d)
+
+
+def _grade_fixture_class(out: Path, via_cli: bool) -> None:
+    args = ["grade", str(ROOT / "exercises" / "00_preliminaries.ipynb"),
+            *(str(p) for p in sorted(FIXTURES.glob("*.ipynb"))), "--out", str(out),
+            "--extra-tests", str(FIXTURES / "hidden_tests.py"), "--timeout", str(HANG_TIMEOUT), "--jobs", "2"]
+    if via_cli:
+        proc = subprocess.run([sys.executable, "-m", "dlbook.grading", *args], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == EXPECTED_CSV.strip()
+    else:
+        assert cli_main(args) == 0
+
+
+@pytest.fixture(scope="module")
+def fixture_class(tmp_path_factory):
+    """The fixture class graded twice: once with the command line, once through main() in this process."""
+    first, second = tmp_path_factory.mktemp("grades1"), tmp_path_factory.mktemp("grades2")
+    _grade_fixture_class(first, via_cli=True)
+    _grade_fixture_class(second, via_cli=False)
+    return first, second
+
+
+def _student(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def test_c_the_fixture_class_gets_exactly_the_expected_grades(fixture_class):
+    out, _ = fixture_class
+    assert (out / "grades.csv").read_text() == EXPECTED_CSV
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["grades.csv"] + [f"{p.stem}.json" for p in FIXTURES.glob("*.ipynb")])
+
+
+def test_c_partial_results_survive_a_hang_and_a_crash(fixture_class):
+    out, _ = fixture_class
+    hang, crash = _student(out, "infinite_loop"), _student(out, "os_exit")
+    assert [q["earned"] for q in hang["questions"]] == [3, 0, 0, 0]
+    assert hang["questions"][1]["tests"][0]["message"] == f"not graded: the submission stopped first " \
+                                                          f"(timeout after {HANG_TIMEOUT} s)"
+    assert [q["earned"] for q in crash["questions"]] == [3, 5, 0, 0]
+
+
+def test_c_monkeypatching_the_comparisons_gains_nothing(fixture_class):
+    out, _ = fixture_class
+    cheat = _student(out, "monkeypatch")
+    assert cheat["status"] == "ok" and cheat["total"] == 0
+    assert {t["status"] for q in cheat["questions"] for t in q["tests"]} == {"fail"}
+
+
+def test_c_blank_is_not_attempted_and_corrupt_is_invalid(fixture_class):
+    out, _ = fixture_class
+    blank, corrupt = _student(out, "blank"), _student(out, "corrupt")
+    assert {t["status"] for q in blank["questions"] for t in q["tests"]} == {"not attempted"}
+    assert (corrupt["status"], corrupt["detail"]) == ("invalid notebook", "not a text file")
+
+
+def test_c_wrong_answers_get_hints_and_hidden_tests_count(fixture_class):
+    out, _ = fixture_class
+    rows = {t["name"]: t for q in _student(out, "partly_wrong")["questions"] for t in q["tests"]}
+    assert "tanh's derivative" in rows["sigmoid_grad_matches_autograd"]["message"]
+    assert "log1p" in rows["bce_is_stable_for_large_logits"]["message"]
+    assert "summed over the batch" in rows["cross_entropy_matches_torch"]["message"]
+    assert "counted the weights" in rows["n_params_counts_weights_and_biases"]["message"]
+    assert rows["bce_is_stable_in_float32"]["hidden"] and rows["bce_is_stable_in_float32"]["status"] == "fail"
+    assert _student(out, "correct")["max_total"] == 15  # 14 public points + 1 hidden
+
+
+def test_d_grading_twice_gives_byte_identical_files(fixture_class):
+    first, second = fixture_class
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert str(ROOT) not in (first / "correct.json").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- limits
+
+
+def test_cpu_and_memory_limits_apply_to_each_submission(tmp_path):
+    """A CPU hog is killed by RLIMIT_CPU; an oversized allocation fails inside the submission (RLIMIT_AS)."""
+    student = read_notebook(ROOT / "exercises" / "00_preliminaries.ipynb")
+
+    def with_cell(code: str) -> dict:
+        nb = json.loads(json.dumps(student))
+        nb["cells"].insert(3, {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                               "source": [code]})
+        return nb
+
+    (tmp_path / "hog.ipynb").write_text(json.dumps(with_cell("while True:\n    pass\n")))
+    (tmp_path / "greedy.ipynb").write_text(json.dumps(with_cell("import torch\nbig = torch.ones(2**31)\n")))
+    tests, hidden = load_tests("00_preliminaries")
+    hog, greedy = grade_submissions("00_preliminaries", [tmp_path / "hog.ipynb", tmp_path / "greedy.ipynb"], tests,
+                                    hidden, timeout=60, cpu_seconds=2, memory_mb=2048, jobs=2)
+    assert hog.status == "crashed (killed by SIGXCPU)"
+    assert greedy.status == "ok" and greedy.total == 0
+    assert len(greedy.cell_errors) == 1 and greedy.cell_errors[0].startswith("code cell 3: RuntimeError")
