@@ -429,3 +429,28 @@ def test_cpu_and_memory_limits_apply_to_each_submission(tmp_path):
     assert hog.status == "crashed (killed by SIGXCPU)"
     assert greedy.status == "ok" and greedy.total == 0
     assert len(greedy.cell_errors) == 1 and greedy.cell_errors[0].startswith("code cell 3: RuntimeError")
+
+
+# ---------------------------------------------------------------------------------------------- the site's page
+
+
+def colab_url(set_id: str) -> str:
+    """The Colab link of a set, derived from the one repository URL in _config.yml."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from tools.nbtools import repository_url
+    finally:
+        sys.path.remove(str(ROOT))
+    branch = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"].get("branch", "main")
+    repo = repository_url().removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{repo}/blob/{branch}/exercises/{set_id}.ipynb"
+
+
+@pytest.mark.parametrize("set_id", SETS)
+def test_exercises_page_has_a_section_with_the_colab_link_of_every_set(set_id):
+    page = (ROOT / "exercises" / "index.md").read_text()
+    number, slug = set_id.split("_", 1)
+    assert f"\n### {number} · " in page, f"exercises/index.md needs a section '### {number} · Title' for {set_id}"
+    assert f"({colab_url(set_id)})" in page

@@ -332,6 +332,8 @@ def grade_class(exercise: Path, submissions: list[Path], out: Path, extra_tests:
     exercise = Path(exercise)
     if exercise.suffix != ".ipynb":
         raise ValueError(f"the first argument names the set by its notebook, exercises/NN_slug.ipynb; got {exercise}")
+    if not exercise.is_file():
+        raise ValueError(f"no such exercise notebook: {exercise}")
     set_id = exercise.stem
     if not submissions:
         raise ValueError("no submissions given")
