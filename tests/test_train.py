@@ -12,7 +12,7 @@ from torch import nn
 
 from dlbook.data import tensor_loader
 from dlbook.plot import plot_history
-from dlbook.train import History, accuracy, evaluate, fit, load_checkpoint, save_checkpoint
+from dlbook.train import History, TensorBatches, accuracy, evaluate, fit, load_checkpoint, save_checkpoint
 
 
 def blobs(n=96, d=5, classes=3, seed=0):
@@ -314,3 +314,38 @@ def test_plot_history_draws_losses_and_metrics():
         plot_history(History())
     with pytest.raises(TypeError):
         plot_history({"step_loss": [1.0]})
+
+
+def test_tensor_batches_cover_every_sample_once_per_epoch_and_reshuffle():
+    """TensorBatches: ceil(N/b) batches (floor with drop_last), each epoch a permutation, a new order each epoch."""
+    X, y = torch.arange(10.0)[:, None], torch.arange(10)
+    batches = TensorBatches(X, y, batch_size=4, seed=0)
+    assert len(batches) == 3 and len(TensorBatches(X, y, batch_size=4, drop_last=True)) == 2
+    epoch1 = [yb for _, yb in batches]
+    epoch2 = [yb for _, yb in batches]
+    assert [len(b) for b in epoch1] == [4, 4, 2]
+    assert sorted(torch.cat(epoch1).tolist()) == list(range(10)) == sorted(torch.cat(epoch2).tolist())
+    assert not torch.equal(torch.cat(epoch1), torch.cat(epoch2))
+    assert all(torch.equal(xb[:, 0].long(), yb) for xb, yb in batches)
+    assert torch.cat([yb for _, yb in TensorBatches(X, y, 3, shuffle=False)]).tolist() == list(range(10))
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        TensorBatches(X, y, batch_size=0)
+    with pytest.raises(ValueError, match="same length"):
+        TensorBatches(X, y[:5])
+
+
+def test_checkpoint_resume_with_tensor_batches(tmp_path):
+    """TensorBatches' generator is saved by checkpoints: resuming reproduces the uninterrupted run."""
+    X, y = blobs()
+
+    def run(epochs, path=None):
+        model = mlp(seed=0)
+        h = fit(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                TensorBatches(X, y, 16, seed=4), epochs=epochs, progress=False, checkpoint_path=path)
+        return h
+
+    torch.manual_seed(0)
+    straight = run(3)
+    torch.manual_seed(0)
+    run(2, tmp_path / "c.pt")
+    assert run(3, tmp_path / "c.pt").step_loss == straight.step_loss
