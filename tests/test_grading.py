@@ -30,14 +30,14 @@ from dlbook.grading.worker import check_calls
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "grading"
 SETS = sorted(p.stem for p in (ROOT / "exercises" / "_source").glob("*.ipynb"))
-HANG_TIMEOUT = 5  # seconds: the infinite_loop fixture is stopped after this
+HANG_TIMEOUT = 8  # seconds: the infinite_loop fixture is stopped after this
 
 EXPECTED_CSV = """\
 student,q1,q2,q3,q4,total,status
 blank,0,0,0,0,0,ok
 correct,3,5,4,3,15,ok
 corrupt,0,0,0,0,0,invalid notebook
-infinite_loop,3,0,0,0,3,timeout after 5 s
+infinite_loop,3,0,0,0,3,timeout after 8 s
 monkeypatch,0,0,0,0,0,ok
 os_exit,3,5,0,0,8,crashed (exit 3)
 partly_wrong,1,2,1,0,4,ok
@@ -299,32 +299,58 @@ def test_grade_rejects_duplicate_students_and_a_wrong_first_argument(tmp_path):
 # ---------------------------------------------------------------------------------------------- (a) and (b)
 
 
-@pytest.fixture(scope="module")
-def set_grades():
-    """Every set's source and student notebook, graded once: {set_id: (source_grade, student_grade)}."""
-    graded = {}
+def _once(tmp_path_factory, name: str, produce) -> Path:
+    """Run ``produce(folder)`` once per test run, even when pytest-xdist spreads this file over workers.
+
+    The grading runs are the slow part of this file; the workers share one result through a folder next
+    to their base temp folders, guarded by a file lock.
+    """
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base
+    folder = shared / f"dlbook-grading-{name}"
+    with open(shared / f"dlbook-grading-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".complete").exists():
+            folder.mkdir(exist_ok=True)
+            produce(folder)
+            (folder / ".complete").write_text("")
+    return folder
+
+
+
+def _produce_set_grades(folder: Path) -> None:
     for set_id in SETS:
         tests, hidden = load_tests(set_id)
         paths = [ROOT / "exercises" / "_source" / f"{set_id}.ipynb", ROOT / "exercises" / f"{set_id}.ipynb"]
-        graded[set_id] = tuple(grade_submissions(set_id, paths, tests, hidden, timeout=120, jobs=2))
-    return graded
+        source, student = grade_submissions(set_id, paths, tests, hidden, timeout=120, jobs=2)
+        (folder / f"{set_id}.source.json").write_text(source.to_json())
+        (folder / f"{set_id}.student.json").write_text(student.to_json())
+
+
+@pytest.fixture(scope="session")
+def set_grades(tmp_path_factory):
+    """Every set's source and student notebook, graded once per run: {set_id: (source, student)} as dicts."""
+    folder = _once(tmp_path_factory, "set-grades", _produce_set_grades)
+    return {s: (_student(folder, f"{s}.source"), _student(folder, f"{s}.student")) for s in SETS}
 
 
 @pytest.mark.parametrize("set_id", SETS)
 def test_a_every_source_notebook_earns_full_points_on_every_question(set_grades, set_id):
     source, _ = set_grades[set_id]
-    assert source.status == "ok", source.cell_errors
-    for q in source.questions:
+    assert source["status"] == "ok", source["cell_errors"]
+    for q in source["questions"]:
         failing = [(t["name"], t["message"]) for t in q["tests"] if t["status"] != "pass"]
         assert q["earned"] == q["points"] > 0, f"{set_id} {q['question']}: {failing}"
-    assert source.cell_errors == []
+    assert source["cell_errors"] == []
 
 
 @pytest.mark.parametrize("set_id", SETS)
 def test_b_every_student_notebook_earns_zero_with_not_attempted_everywhere(set_grades, set_id):
     _, student = set_grades[set_id]
-    assert student.status == "ok" and student.cell_errors == [], "the student version must run top to bottom"
-    for q in student.questions:
+    assert student["status"] == "ok" and student["cell_errors"] == [], "the student version must run top to bottom"
+    for q in student["questions"]:
         assert q["earned"] == 0 and not q["attempted"]
         assert {t["status"] for t in q["tests"]} == {"not attempted"}, q
 
@@ -332,26 +358,29 @@ def test_b_every_student_notebook_earns_zero_with_not_attempted_everywhere(set_g
 # ---------------------------------------------------------------------------------------------- (c) and (d)
 
 
-def _grade_fixture_class(out: Path, via_cli: bool) -> None:
-    args = ["grade", str(ROOT / "exercises" / "00_preliminaries.ipynb"),
+def _grade_args(out: Path) -> list[str]:
+    return ["grade", str(ROOT / "exercises" / "00_preliminaries.ipynb"),
             *(str(p) for p in sorted(FIXTURES.glob("*.ipynb"))), "--out", str(out),
             "--extra-tests", str(FIXTURES / "hidden_tests.py"), "--timeout", str(HANG_TIMEOUT), "--jobs", "2"]
-    if via_cli:
-        proc = subprocess.run([sys.executable, "-m", "dlbook.grading", *args], capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == EXPECTED_CSV.strip()
-    else:
-        assert cli_main(args) == 0
 
 
-@pytest.fixture(scope="module")
+def _produce_fixture_class(folder: Path) -> None:
+    """Grade the class twice at the same time: with the command line, and through main() in this process."""
+    proc = subprocess.Popen([sys.executable, "-m", "dlbook.grading", *_grade_args(folder / "first")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert cli_main(_grade_args(folder / "second")) == 0
+    finally:
+        stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert stdout.strip() == EXPECTED_CSV.strip()
+
+
+@pytest.fixture(scope="session")
 def fixture_class(tmp_path_factory):
-    """The fixture class graded twice: once with the command line, once through main() in this process."""
-    first, second = tmp_path_factory.mktemp("grades1"), tmp_path_factory.mktemp("grades2")
-    _grade_fixture_class(first, via_cli=True)
-    _grade_fixture_class(second, via_cli=False)
-    return first, second
+    """The fixture class graded twice (see _produce_fixture_class): the two output folders."""
+    folder = _once(tmp_path_factory, "fixture-class", _produce_fixture_class)
+    return folder / "first", folder / "second"
 
 
 def _student(folder: Path, name: str) -> dict:
