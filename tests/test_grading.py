@@ -151,6 +151,12 @@ def test_assert_close_explains_what_is_wrong(actual, match):
         assert_close(actual, torch.ones(3))
 
 
+def test_assert_close_says_when_the_result_lost_precision():
+    x = torch.full((3,), 1 / 3, dtype=torch.float64)
+    with pytest.raises(AssertionError, match="your result is float32, the expected one float64"):
+        assert_close(x.float(), x, atol=1e-12)
+
+
 def test_assert_close_ignores_a_monkeypatched_torch_allclose(monkeypatch):
     monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
     monkeypatch.setattr(torch.testing, "assert_close", lambda *a, **k: None)

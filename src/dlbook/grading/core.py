@@ -152,6 +152,10 @@ def assert_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0, hint: 
     if atol < 0 or rtol < 0:
         raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
     tail = f": {hint}" if hint else ""
+    if ref.is_tensor(actual) and ref.is_tensor(expected) and actual.is_floating_point() \
+            and expected.is_floating_point() and actual.element_size() < expected.element_size():
+        tail += f" (your result is {str(actual.dtype).replace('torch.', '')}, the expected one " \
+                f"{str(expected.dtype).replace('torch.', '')}: keep the inputs' dtype)"
     a = _to_tensor(actual, "your result")
     e = _to_tensor(expected, "the expected result")
     if tuple(a.shape) != tuple(e.shape):
