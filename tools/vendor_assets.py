@@ -32,10 +32,13 @@ PACKAGES = {
          "es5/ui": "mathjax/ui",
          "LICENSE": "mathjax/LICENSE"},
     ),
-    # embed.js is the non-AMD bundle: it needs no require.js and fetches no fonts.
+    # embed.js is the non-AMD bundle: it needs no require.js, but it does fetch
+    # Font Awesome fonts from its own folder, so those are vendored too.
     "@jupyter-widgets/html-manager@1.0.15": (
         "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==",
-        {"dist/embed.js": "widgets/embed.js", "dist/embed.js.LICENSE.txt": "widgets/embed.js.LICENSE.txt"},
+        {"dist/embed.js": "widgets/embed.js", "dist/embed.js.LICENSE.txt": "widgets/embed.js.LICENSE.txt",
+         # embed.js loads Font Awesome's fonts (for widget icons) from beside itself.
+         "dist/*.woff2": "widgets/", "dist/*.woff": "widgets/", "dist/*.ttf": "widgets/"},
     ),
 }
 
@@ -57,6 +60,11 @@ def main() -> None:
             with tarfile.open(tmp / out) as tar:
                 tar.extractall(unpacked, filter="data")
             for src, dst in files.items():
+                if "*" in src:  # a glob: copy each match into the folder dst
+                    for match in sorted((unpacked / "package").glob(src)):
+                        (VENDOR / dst).mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(match, VENDOR / dst / match.name)
+                    continue
                 source, target = unpacked / "package" / src, VENDOR / dst
                 if target.exists():
                     shutil.rmtree(target) if target.is_dir() else target.unlink()

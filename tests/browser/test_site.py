@@ -1,0 +1,125 @@
+"""The built site works offline in a real browser.
+
+Debian's Chromium, driven by Playwright with ``executable_path`` (never
+``playwright install``), opens pages of ``_build/html`` served from 127.0.0.1.
+Every request that would leave the machine is blocked and fails the test, as do
+console errors, failed requests, math left as raw LaTeX, and missing figures or
+widgets. A screenshot of each page goes to ``_build/screenshots/``.
+
+Run after the site is built (``make test`` does both).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# page -> what it must show: figures (<img> from notebook outputs) and widgets
+PAGES = {
+    "index.html": {"math": False, "figures": 0, "widgets": 0},
+    "chapters/00_preliminaries/02_activations.html": {"math": True, "figures": 2, "widgets": 1},
+    "chapters/00_preliminaries/03_losses.html": {"math": True, "figures": 2, "widgets": 0},
+}
+
+pytestmark = pytest.mark.skipif(not (SITE / "index.html").exists(), reason="the site is not built (run make book)")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    handler = functools.partial(_QuietHandler, directory=str(SITE))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: run `python tools/ensure_chromium.py`")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def _open(browser, url):
+    """Load a page, blocking and recording every request to another host."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    local = urlparse(url).netloc
+
+    def route(r):
+        if urlparse(r.request.url).scheme in ("data", "blob") or urlparse(r.request.url).netloc == local:
+            r.continue_()
+        else:
+            problems.append(f"external request: {r.request.url}")
+            r.abort()
+
+    page.route("**/*", route)
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url} ({r.failure})"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.goto(url, wait_until="networkidle")
+    return page, problems
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_page_renders_offline(browser, server, path):
+    expect = PAGES[path]
+    page, problems = _open(browser, f"{server}/{path}")
+    if expect["math"]:
+        page.wait_for_selector("mjx-container", timeout=20_000)
+        page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise",
+                               timeout=20_000)
+        page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+        raw = page.evaluate("""() => Array.from(document.querySelectorAll('.math, span.math, div.math'))
+                                 .filter(e => !e.querySelector('mjx-container')).length""")
+        assert raw == 0, f"{raw} math elements were left as raw LaTeX"
+        visible = page.inner_text("main")
+        assert "$$" not in visible and "\\frac" not in visible, "raw LaTeX is visible in the page text"
+    if expect["figures"]:
+        loaded = page.evaluate("""() => Array.from(document.querySelectorAll('.cell_output img'))
+                                    .filter(i => i.complete && i.naturalWidth > 0).length""")
+        assert loaded >= expect["figures"], f"expected at least {expect['figures']} figures, {loaded} loaded"
+    if expect["widgets"]:
+        page.wait_for_selector(".jupyter-widgets", timeout=20_000)
+        widgets = page.evaluate("() => document.querySelectorAll('.jupyter-widgets select, .jupyter-widgets .slider').length")
+        assert widgets >= expect["widgets"], f"expected {expect['widgets']} rendered widget controls, found {widgets}"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / (path.replace("/", "_").replace(".html", ".png"))), full_page=True)
+    page.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_no_page_references_a_cdn():
+    """No built page may point at a host other than its own for scripts, styles or fonts."""
+    offenders = []
+    for html in SITE.rglob("*.html"):
+        text = html.read_text(encoding="utf-8", errors="replace")
+        for marker in ('src="https://', "src='https://", 'href="https://cdn', "cdn.jsdelivr", "cdnjs", "unpkg.com",
+                       'rel="stylesheet" href="https://', "fonts.googleapis"):
+            if marker in text:
+                offenders.append(f"{html.relative_to(SITE)}: {marker}")
+    assert not offenders, "\n".join(offenders[:20])
