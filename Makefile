@@ -61,7 +61,8 @@ constraints:
 	rm -rf /tmp/dlbook-constraints && $(PYTHON) -m venv /tmp/dlbook-constraints && \
 	/tmp/dlbook-constraints/bin/pip install -q torch==2.13.0 && \
 	/tmp/dlbook-constraints/bin/pip install -q -r requirements/dev.txt -e . && \
-	/tmp/dlbook-constraints/bin/pip freeze --exclude-editable | sed 's/+cpu//' > requirements/constraints.txt
+	/tmp/dlbook-constraints/bin/pip freeze --exclude-editable | sed "s/+cpu//" > requirements/constraints.txt && \
+	$(PYTHON) tools/environment.py
 
 clean:
 	rm -rf _build
