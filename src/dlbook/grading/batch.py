@@ -37,6 +37,7 @@ from typing import Callable
 
 from dlbook.grading.core import TestSpec, collect_tests, fmt_points
 from dlbook.grading.sets import load_set, question_ids
+from dlbook.grading.worker import kill_group
 
 __all__ = ["load_tests", "load_extra_tests", "validate_notebook", "grade_submissions", "grade_class", "grades_csv",
            "StudentGrade"]
@@ -204,13 +205,6 @@ def _status(code: int | None, timed_out: bool, done: bool, timeout: float) -> st
     return f"crashed (exit {code})"
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _run_grader(set_id: str, paths: list[Path], work: Path, extra: list[str], timeout: float,
                 cpu_seconds: float | None, memory_mb: int | None, jobs: int) -> str:
     """Start the grading process (dlbook.grading.worker) on ``paths``; return its stderr."""
@@ -231,11 +225,11 @@ def _run_grader(set_id: str, paths: list[Path], work: Path, extra: list[str], ti
         try:
             proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             proc.wait()
         for pid_file in work.glob("*/pid"):  # children left behind by a grader that was stopped
             if not (pid_file.parent / "exit.json").exists():
-                _kill_group(int(pid_file.read_text()))
+                kill_group(int(pid_file.read_text()))
         log.seek(0)
         return log.read().decode("utf-8", errors="replace")
 

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -155,6 +156,14 @@ def _child(index: int, notebook: str, folder: str, tests, hidden, cpu: float | N
         os._exit(code)
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL every process of the group ``pid`` leads (gone already is fine)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _write_exit(folder: str, code: int | None, timed_out: bool) -> None:
     with open(os.path.join(folder, "exit.json"), "w", encoding="utf-8") as f:
         json.dump({"code": code, "timed_out": timed_out}, f, sort_keys=True)
@@ -186,15 +195,13 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid:
             folder, _ = running.pop(pid)
+            kill_group(pid)  # whatever the submission started and left running
             _write_exit(folder, os.waitstatus_to_exitcode(status), False)
             continue
         now = time.monotonic()
         for pid, (folder, deadline) in list(running.items()):
             if now > deadline:
-                try:
-                    os.killpg(pid, 9)
-                except ProcessLookupError:
-                    pass
+                kill_group(pid)
                 os.waitpid(pid, 0)
                 running.pop(pid)
                 _write_exit(folder, None, True)
