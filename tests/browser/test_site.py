@@ -113,6 +113,41 @@ def test_page_renders_offline(browser, server, path):
     assert not problems, "\n".join(problems)
 
 
+def test_notebook_page_has_colab_and_download_buttons(browser, server):
+    """The Colab link is built from the one repository URL in _config.yml."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tools.nbtools import repository_url
+
+    page, problems = _open(browser, f"{server}/chapters/00_preliminaries/02_activations.html")
+    colab = f"https://colab.research.google.com/github/{repository_url().split('github.com/')[1]}/blob/main/chapters/00_preliminaries/02_activations.ipynb"
+    assert page.locator(f'a[href="{colab}"]').count() == 1, f"no Colab launch link to {colab}"
+    assert page.locator('a[href$="_sources/chapters/00_preliminaries/02_activations.ipynb"]').count() >= 1, "no .ipynb download"
+    page.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_dark_mode_switch_works(browser, server):
+    page, problems = _open(browser, f"{server}/book/intro.html")
+    before = page.evaluate("() => document.documentElement.dataset.theme")
+    page.locator("button.theme-switch-button").first.click()
+    page.wait_for_timeout(300)
+    after = page.evaluate("() => document.documentElement.dataset.theme")
+    assert {before, after} <= {"light", "dark", "auto"} and before != after, (before, after)
+    page.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_search_finds_pages_offline(browser, server):
+    page, problems = _open(browser, f"{server}/search.html?q=saturation")
+    page.wait_for_selector("#search-results li", timeout=20_000)
+    titles = page.inner_text("#search-results")
+    assert "Activations" in titles, titles[:500]
+    page.close()
+    assert not problems, "\n".join(problems)
+
+
 def test_no_page_references_a_cdn():
     """No built page may point at a host other than its own for scripts, styles or fonts."""
     offenders = []
