@@ -131,7 +131,7 @@ def grade_notebook(notebook: str, results_path: str, tests, hidden: frozenset) -
     results.write({"done": True})
 
 
-def _child(index: int, notebook: str, folder: str, tests, hidden, cpu: float | None, memory_mb: int | None):
+def _child(notebook: str, folder: str, tests, hidden, cpu: float | None, memory_mb: int | None):
     """In the forked child: isolate, limit, grade, and leave without returning to the parent's code."""
     code = 0
     try:
@@ -188,7 +188,11 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                _child(index, notebook, folder, tests, hidden, cpu, memory_mb)
+                _child(notebook, folder, tests, hidden, cpu, memory_mb)
+            try:
+                os.setpgid(pid, pid)  # also here, so a kill can never miss the group (the child does it too)
+            except OSError:
+                pass
             with open(os.path.join(folder, "pid"), "w") as f:
                 f.write(str(pid))
             running[pid] = (folder, time.monotonic() + timeout)
