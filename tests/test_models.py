@@ -47,8 +47,18 @@ def test_norm_cnn_shapes_and_norm_layers(kind):
     assert [c.stride for c in convs] == [(1, 1), (2, 2)]
     if kind != "none":
         assert sum(isinstance(m, (norm.BatchNorm2d, norm.GroupNorm)) for m in model.modules()) == 2
+    assert model.head.in_features == 16 * 4 * 4          # flatten head: 16 channels of 4x4
     with pytest.raises(ValueError, match="images"):
         model(torch.randn(3, 64))
+
+
+def test_norm_cnn_mean_pool_and_other_sizes():
+    """pool='mean' gives one feature per channel; image_size sets the flatten size (9 -> 9 -> 5 -> 3); bad pool raises."""
+    assert NormCNN(channels=(8, 16), pool="mean").head.in_features == 16
+    model = NormCNN(channels=(4, 8, 8), image_size=9)
+    assert model.head.in_features == 8 * 3 * 3 and model(torch.randn(2, 1, 9, 9)).shape == (2, 10)
+    with pytest.raises(ValueError, match="pool"):
+        NormCNN(pool="max")
 
 
 def test_contrast_net_instance_norm_ignores_per_image_contrast():

@@ -70,33 +70,47 @@ class NormMLP(nn.Module):
 
 
 class NormCNN(nn.Module):
-    """A small CNN for (N, 1, 8, 8) digits: [Conv3x3 -> norm -> ReLU] per width, then average pool and Linear.
+    """A small CNN for (N, 1, 8, 8) digits: [Conv3x3 -> norm -> ReLU] per width, then a Linear head.
 
     The second and later convolutions have stride 2 (8x8 -> 4x4 -> 2x2).
 
     Args:
         n_classes: outputs. channels: widths of the conv layers.
         norm: any name of :func:`dlbook.norm.make_norm2d`. groups: for ``"group"``.
-        in_channels: input channels (1 for digits).
+        in_channels: input channels (1 for digits). image_size: H = W of the input.
+        pool: ``"flatten"`` (the head sees every position of the last feature maps) or
+            ``"mean"`` (global average pooling, one number per channel). Note that
+            instance norm followed by ReLU and a global mean leaves each channel
+            almost no information, since every map was standardized to mean 0 and
+            variance 1: use ``"flatten"`` with instance norm.
 
-    Shape: input (N, in_channels, H, W) -> logits (N, n_classes).
+    Shape: input (N, in_channels, image_size, image_size) -> logits (N, n_classes).
     """
 
     def __init__(self, n_classes: int = 10, channels: Sequence[int] = (16, 32), norm: str = "batch",
-                 groups: int = 4, in_channels: int = 1):
+                 groups: int = 4, in_channels: int = 1, image_size: int = 8, pool: str = "flatten"):
         super().__init__()
         widths = _check_sizes("channels", [in_channels, *channels])
+        if pool not in ("flatten", "mean"):
+            raise ValueError(f"pool must be 'flatten' or 'mean', got {pool!r}")
+        size = _check_sizes("image_size", [image_size])[0]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1),
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
                        make_norm2d(norm, c_out, groups=groups), nn.ReLU()]
+            size = (size - 1) // stride + 1                    # 3x3 kernel, padding 1
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(widths[-1], n_classes)
+        self.pool, self.image_size = pool, image_size
+        self.head = nn.Linear(widths[-1] * (size * size if pool == "flatten" else 1), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"NormCNN expects images (N, C, H, W), got shape {tuple(x.shape)}")
-        return self.head(self.features(x).mean(dim=(2, 3)))   # (N, C_last) -> (N, n_classes)
+        if x.dim() != 4 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(f"NormCNN expects images (N, C, {self.image_size}, {self.image_size}), "
+                             f"got shape {tuple(x.shape)}")
+        h = self.features(x)                                   # (N, C_last, h, w)
+        h = h.flatten(1) if self.pool == "flatten" else h.mean(dim=(2, 3))
+        return self.head(h)                                    # (N, n_classes)
 
 
 class ContrastNet(nn.Module):
