@@ -1,0 +1,221 @@
+"""Tests of exercise set 02_normalization (chapter 2: normalization).
+
+Questions and the learner's names they read:
+
+* q1 ``batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps)`` (4 points)
+* q2 ``reduction_axes`` (a dict) and ``set_size(method, N, C, H, W, groups)`` (3 points)
+* q3 ``group_norm(x, num_groups, gamma, beta, eps)`` (3 points)
+* q4 ``batch_norm_of_one(x, gamma, beta, eps)`` and ``bn2d_batch_of_one_is`` (2 points)
+
+Every reference result comes from torch, bound at import (before any learner
+code runs), in float64. When an answer is wrong, the tests try the usual
+mistakes and name the one that matches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.functional import batch_norm as ref_batch_norm
+from torch.nn.functional import group_norm as ref_group_norm
+from torch.nn.functional import instance_norm as ref_instance_norm
+from torch.nn.functional import layer_norm as ref_layer_norm
+
+from dlbook.grading import NotAttempted, assert_close, question
+
+F64 = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _as64(value) -> torch.Tensor:
+    return torch.as_tensor(value).detach().to(F64)
+
+
+def _matches(actual, candidate, atol: float = 1e-6) -> bool:
+    """True when the learner's result equals a known wrong formula (used only to choose a hint)."""
+    try:
+        a, c = _as64(actual), _as64(candidate)
+        return a.shape == c.shape and bool(((a - c).abs() <= atol).all())
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _hint(actual, mistakes: dict, default: str) -> str:
+    """The hint of the first known mistake the result matches, else ``default``."""
+    for hint, candidate in mistakes.items():
+        if _matches(actual, candidate):
+            return hint
+    return default
+
+
+def _standardize(x, dims, eps, unbiased=False):
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, unbiased=unbiased, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def _bn_inputs(seed: int, shape=(6, 4)):
+    g = _gen(seed)
+    C = shape[1]
+    x = 2.0 * torch.randn(*shape, generator=g, dtype=F64) + 1.0
+    gamma = torch.rand(C, generator=g, dtype=F64) + 0.5
+    beta = torch.randn(C, generator=g, dtype=F64)
+    running_mean = torch.randn(C, generator=g, dtype=F64)
+    running_var = torch.rand(C, generator=g, dtype=F64) + 0.5
+    return x, gamma, beta, running_mean, running_var
+
+
+def _call_bn(ns, x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+    result = ns.batch_norm(x.clone(), gamma.clone(), beta.clone(), rm.clone(), rv.clone(), training, momentum, eps)
+    assert isinstance(result, tuple) and len(result) == 3, (
+        "batch_norm must return a tuple (y, new_running_mean, new_running_var)")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- q1
+
+
+@question("q1", points=2, timeout=10)
+def batch_norm_training_output_matches_torch(ns):
+    """In training mode, y equals F.batch_norm on (N, C) and (N, C, L) inputs."""
+    for seed, shape in ((0, (6, 4)), (1, (5, 3, 7))):
+        x, gamma, beta, rm, rv = _bn_inputs(seed, shape)
+        y, _, _ = _call_bn(ns, x, gamma, beta, rm, rv, True)
+        expected = ref_batch_norm(x, rm.clone(), rv.clone(), gamma, beta, training=True, momentum=0.1, eps=1e-5)
+        dims = (0,) + tuple(range(2, x.dim()))
+        shape_c = (1, -1) + (1,) * (x.dim() - 2)
+        assert_close(y, expected, atol=1e-6, hint=_hint(y, {
+            "you normalized with the unbiased variance (divide by |S| - 1); normalization uses the population one":
+                _standardize(x, dims, 1e-5, unbiased=True) * gamma.view(shape_c) + beta.view(shape_c),
+            "you used the running statistics: in training mode batch norm uses the batch's own mean and variance":
+                (x - rm.view(shape_c)) / torch.sqrt(rv.view(shape_c) + 1e-5) * gamma.view(shape_c) + beta.view(shape_c),
+            "the statistics must be per channel, over the batch (and length) axes, not over the features of each example":
+                _standardize(x, tuple(range(1, x.dim())), 1e-5) * gamma.view(shape_c) + beta.view(shape_c),
+            "did you forget gamma and beta?": _standardize(x, dims, 1e-5),
+        }, "y = gamma * (x - mean) / sqrt(var + eps) + beta, mean and population variance per channel over axes "
+           "(0, 2, ...)"))
+
+
+@question("q1", points=1, timeout=10)
+def batch_norm_updates_running_statistics_like_torch(ns):
+    """In training mode, the returned running mean and variance equal torch's updated buffers."""
+    for seed, shape, momentum in ((2, (6, 4), 0.1), (3, (5, 3, 7), 0.3)):
+        x, gamma, beta, rm, rv = _bn_inputs(seed, shape)
+        _, new_rm, new_rv = _call_bn(ns, x, gamma, beta, rm, rv, True, momentum)
+        ref_rm, ref_rv = rm.clone(), rv.clone()
+        ref_batch_norm(x, ref_rm, ref_rv, gamma, beta, training=True, momentum=momentum, eps=1e-5)
+        dims = (0,) + tuple(range(2, x.dim()))
+        mean = x.mean(dim=dims)
+        assert_close(new_rm, ref_rm, atol=1e-6, hint=_hint(new_rm, {
+            "momentum is the weight of the NEW batch: (1 - m) * running + m * batch_mean":
+                momentum * rm + (1 - momentum) * mean,
+        }, "running_mean <- (1 - momentum) * running_mean + momentum * batch_mean"))
+        assert_close(new_rv, ref_rv, atol=1e-6, hint=_hint(new_rv, {
+            "the running variance stores the UNBIASED batch variance (divide by |S| - 1), as torch does":
+                (1 - momentum) * rv + momentum * x.var(dim=dims, unbiased=False),
+            "momentum is the weight of the NEW batch: (1 - m) * running + m * batch_var":
+                momentum * rv + (1 - momentum) * x.var(dim=dims, unbiased=True),
+        }, "running_var <- (1 - momentum) * running_var + momentum * unbiased batch variance"))
+
+
+@question("q1", points=1, timeout=10)
+def batch_norm_eval_mode_uses_running_statistics(ns):
+    """In eval mode, y uses the running statistics (F.batch_norm with training=False), which come back unchanged."""
+    x, gamma, beta, rm, rv = _bn_inputs(4, (3, 5))
+    y, new_rm, new_rv = _call_bn(ns, x, gamma, beta, rm, rv, False)
+    expected = ref_batch_norm(x, rm.clone(), rv.clone(), gamma, beta, training=False, eps=1e-5)
+    assert_close(y, expected, atol=1e-6, hint=_hint(y, {
+        "in eval mode, normalize with running_mean and running_var, not with the batch's statistics":
+            _standardize(x, (0,), 1e-5) * gamma + beta,
+    }, "eval mode: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta"))
+    assert_close(new_rm, rm, atol=0, hint="eval mode must not change the running mean")
+    assert_close(new_rv, rv, atol=0, hint="eval mode must not change the running variance")
+
+
+# ---------------------------------------------------------------------------------------------- q2
+
+
+@question("q2", points=2, timeout=10)
+def reduction_axes_reproduce_the_layers(ns):
+    """Normalizing an (N, C, H, W) tensor over reduction_axes[m] gives batch, layer and instance norm."""
+    axes = ns.reduction_axes
+    assert isinstance(axes, dict), "reduction_axes must be a dict like {'batch': (...), 'layer': (...), 'instance': (...)}"
+    x = 3.0 * torch.randn(4, 3, 5, 5, generator=_gen(5), dtype=F64) + 2.0
+    references = {
+        "batch": ref_batch_norm(x, None, None, training=True, eps=1e-5),
+        "layer": ref_layer_norm(x, x.shape[1:], eps=1e-5),
+        "instance": ref_instance_norm(x, eps=1e-5),
+    }
+    if not axes or any(v is Ellipsis for v in axes.values()):
+        raise NotAttempted("reduction_axes still has ... in it")
+    for method, expected in references.items():
+        assert method in axes, f"reduction_axes has no entry for {method!r}"
+        dims = tuple(int(d) for d in axes[method])
+        assert_close(_standardize(x, dims, 1e-5), expected, atol=1e-6,
+                     hint=f"{method} norm: which axes does one statistic average over? (0 = N, 1 = C, 2 = H, 3 = W)")
+
+
+@question("q2", points=1, timeout=10)
+def set_size_counts_the_values_in_s(ns):
+    """set_size(method, N, C, H, W, groups) is |S|: N*H*W, C*H*W, H*W and (C/groups)*H*W."""
+    N, C, H, W = 8, 12, 5, 3
+    expected = {("batch", 1): N * H * W, ("layer", 1): C * H * W, ("instance", 1): H * W,
+                ("group", 4): (C // 4) * H * W, ("group", 1): C * H * W, ("group", 12): H * W}
+    for (method, groups), size in expected.items():
+        got = ns.set_size(method, N, C, H, W, groups)
+        assert int(got) == size, (f"set_size({method!r}, N={N}, C={C}, H={H}, W={W}, groups={groups}) returned {got}, "
+                                  f"expected {size}")
+
+
+# ---------------------------------------------------------------------------------------------- q3
+
+
+@question("q3", points=3, timeout=10)
+def group_norm_matches_torch(ns):
+    """group_norm(x, G, gamma, beta) equals F.group_norm for (N, C, H, W) and (N, C, L) inputs."""
+    for seed, shape, groups in ((6, (3, 6, 4, 4), 3), (7, (2, 8, 5), 2), (8, (2, 4, 3, 3), 4)):
+        g = _gen(seed)
+        x = 2.0 * torch.randn(*shape, generator=g, dtype=F64) - 1.0
+        C = shape[1]
+        gamma = torch.rand(C, generator=g, dtype=F64) + 0.5
+        beta = torch.randn(C, generator=g, dtype=F64)
+        out = ns.group_norm(x.clone(), groups, gamma.clone(), beta.clone(), 1e-5)
+        expected = ref_group_norm(x, groups, gamma, beta, eps=1e-5)
+        shape_c = (1, -1) + (1,) * (x.dim() - 2)
+        spatial = tuple(range(2, x.dim()))
+        assert_close(out, expected, atol=1e-6, hint=_hint(out, {
+            "that is instance norm (one channel per statistic): reshape to (N, G, C/G, ...) first":
+                _standardize(x, spatial, 1e-5) * gamma.view(shape_c) + beta.view(shape_c),
+            "that is layer norm (all channels at once): each of the G groups needs its own statistics":
+                _standardize(x, tuple(range(1, x.dim())), 1e-5) * gamma.view(shape_c) + beta.view(shape_c),
+            "did you forget gamma and beta? They are per channel, shape (C,)":
+                ref_group_norm(x, groups, eps=1e-5),
+        }, "reshape to (N, G, C/G * rest), normalize over the last axis, reshape back, then gamma and beta per channel"))
+
+
+# ---------------------------------------------------------------------------------------------- q4
+
+
+@question("q4", points=1, timeout=10)
+def batch_norm_of_one_example_returns_beta(ns):
+    """The batch-norm formula on a batch of one example (N=1, C) gives beta: every value equals its batch mean."""
+    g = _gen(9)
+    x = torch.randn(1, 5, generator=g, dtype=F64)
+    gamma = torch.rand(5, generator=g, dtype=F64) + 0.5
+    beta = torch.randn(5, generator=g, dtype=F64)
+    out = ns.batch_norm_of_one(x.clone(), gamma.clone(), beta.clone(), 1e-5)
+    assert_close(out, beta.expand(1, 5), atol=1e-6, hint=_hint(out, {
+        "x - mean is 0 for a batch of one, whatever gamma: the output is beta": torch.zeros(1, 5, dtype=F64),
+        "that is x itself: the mean over a batch of one IS x, so x - mean = 0": x,
+    }, "with one example the batch mean equals x and the variance is 0: the normalized value is 0, the output beta"))
+
+
+@question("q4", points=1, timeout=10)
+def batchnorm2d_on_one_image_is_instance_norm(ns):
+    """BatchNorm2d in training mode on one image (N=1) normalizes each channel over H x W: instance norm."""
+    answer = ns.bn2d_batch_of_one_is
+    assert isinstance(answer, str), "bn2d_batch_of_one_is must be one of the strings 'layer', 'instance', 'group', 'identity'"
+    assert answer.strip().lower() == "instance", (
+        f"{answer!r} is not it: with N = 1, the set S of channel c is the H x W values of that one image's channel c")
