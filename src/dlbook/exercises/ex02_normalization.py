@@ -20,34 +20,10 @@ from torch.nn.functional import group_norm as ref_group_norm
 from torch.nn.functional import instance_norm as ref_instance_norm
 from torch.nn.functional import layer_norm as ref_layer_norm
 
+from dlbook.exercises.ex00_preliminaries import _gen, _hint  # shared: a seeded generator; the hint of a known mistake
 from dlbook.grading import NotAttempted, assert_close, question
 
 F64 = torch.float64
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _as64(value) -> torch.Tensor:
-    return torch.as_tensor(value).detach().to(F64)
-
-
-def _matches(actual, candidate, atol: float = 1e-6) -> bool:
-    """True when the learner's result equals a known wrong formula (used only to choose a hint)."""
-    try:
-        a, c = _as64(actual), _as64(candidate)
-        return a.shape == c.shape and bool(((a - c).abs() <= atol).all())
-    except (TypeError, ValueError, RuntimeError):
-        return False
-
-
-def _hint(actual, mistakes: dict, default: str) -> str:
-    """The hint of the first known mistake the result matches, else ``default``."""
-    for hint, candidate in mistakes.items():
-        if _matches(actual, candidate):
-            return hint
-    return default
 
 
 def _standardize(x, dims, eps, unbiased=False):
