@@ -346,3 +346,32 @@ def test_make_norm_factories_reject_unknown_kinds():
     for kind, cls in (("batch", norm.BatchNorm1d), ("layer", norm.LayerNorm), ("rms", norm.RMSNorm),
                       ("group", norm.GroupNorm)):
         assert isinstance(norm.make_norm1d(kind, 4), cls)
+
+
+# ----------------------------------------------------------------------------- random shapes
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_layer_matches_torch_on_a_random_shape(seed):
+    """On a shape drawn at random (N 2-6, C 1-8, H and W 2-6), each layer equals its torch twin in train and eval."""
+    g = torch.Generator().manual_seed(100 + seed)
+    N, C, H, W = (int(torch.randint(lo, hi + 1, (1,), generator=g)) for lo, hi in ((2, 6), (1, 8), (2, 6), (2, 6)))
+    divisors = [d for d in range(1, C + 1) if C % d == 0]
+    G = divisors[int(torch.randint(len(divisors), (1,), generator=g))]
+    x = rand(N, C, H, W, seed=200 + seed)
+    pairs = [
+        (norm.BatchNorm2d(C, dtype=DT), nn.BatchNorm2d(C, dtype=DT)),
+        (norm.BatchNorm1d(C * H, dtype=DT), nn.BatchNorm1d(C * H, dtype=DT)),
+        (norm.LayerNorm((H, W), dtype=DT), nn.LayerNorm((H, W), dtype=DT)),
+        (norm.InstanceNorm2d(C, affine=True, track_running_stats=True, dtype=DT),
+         nn.InstanceNorm2d(C, affine=True, track_running_stats=True, dtype=DT)),
+        (norm.GroupNorm(G, C, dtype=DT), nn.GroupNorm(G, C, dtype=DT)),
+    ]
+    if hasattr(nn, "RMSNorm"):
+        pairs.append((norm.RMSNorm((C, H, W), dtype=DT), nn.RMSNorm((C, H, W), dtype=DT)))
+    for mine, ref in pairs:
+        inp = x.reshape(N, C * H, W) if isinstance(mine, norm.BatchNorm1d) else x
+        randomize_affine(mine, ref, seed=seed)
+        assert_same_forward_backward(mine, ref, inp)           # training mode
+        assert_same_buffers(mine, ref)
+        mine.eval(), ref.eval()
+        assert_same_forward_backward(mine, ref, inp * 0.5 + 1)  # eval mode, other data
