@@ -1,0 +1,187 @@
+"""Tests of exercise set 01_sgd (chapter 1: mini-batch SGD and optimizers).
+
+Questions and the learner's names they read:
+
+* q1 ``minibatch_indices(n, batch_size, generator, drop_last=False)`` (4 points)
+* q2 ``steps_per_epoch(n, batch_size, drop_last)`` and ``total_steps`` (3 points)
+* q3 ``adam_update(w, g, m, v, t, lr, beta1, beta2, eps)`` (4 points)
+
+Every reference comes from torch (``torch.randperm``, ``DataLoader``,
+``torch.optim.Adam``), bound at import before any learner code runs, in
+float64. When an answer is wrong, the tests try the usual mistakes and name
+the one that matches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import randperm as ref_randperm
+from torch.optim import Adam as RefAdam
+from torch.utils.data import DataLoader as RefDataLoader
+
+from dlbook.grading import assert_close, question
+
+F64 = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _epoch(ns, n, b, seed=0, drop_last=False, calls=1):
+    """Call the learner's minibatch_indices `calls` times on one generator; return lists of int lists."""
+    g = _gen(seed)
+    out = []
+    for _ in range(calls):
+        batches = ns.minibatch_indices(n, b, g, drop_last=drop_last)
+        assert isinstance(batches, (list, tuple)), f"minibatch_indices must return a list of index tensors, got {type(batches).__name__}"
+        out.append([torch.as_tensor(idx).flatten().tolist() for idx in batches])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- q1
+
+
+@question("q1", points=1, timeout=10)
+def every_index_once_per_epoch(ns):
+    """One epoch of n=10, b=4 has batches of 4, 4, 2 that together hold every index exactly once."""
+    (epoch,) = _epoch(ns, 10, 4)
+    sizes = [len(b) for b in epoch]
+    assert sizes == [4, 4, 2], (f"batch sizes {sizes}, expected [4, 4, 2]: cut the permutation into consecutive "
+                                "slices of batch_size, the last one shorter")
+    flat = sorted(i for b in epoch for i in b)
+    assert flat == list(range(10)), f"the batches hold {flat}; every index 0..9 must appear exactly once"
+
+
+@question("q1", points=1, timeout=10)
+def drop_last_drops_the_short_batch(ns):
+    """With drop_last=True, n=10, b=4 gives two full batches and no short one."""
+    (epoch,) = _epoch(ns, 10, 4, drop_last=True)
+    sizes = [len(b) for b in epoch]
+    assert sizes == [4, 4], f"batch sizes {sizes}, expected [4, 4]: drop_last drops only the final, shorter batch"
+    (exact,) = _epoch(ns, 12, 4, drop_last=True)
+    assert [len(b) for b in exact] == [4, 4, 4], "when batch_size divides n, drop_last must drop nothing"
+
+
+@question("q1", points=1, timeout=10)
+def reshuffles_every_epoch(ns):
+    """Two calls on the same generator (two epochs) give two different orders."""
+    first, second = _epoch(ns, 50, 8, seed=3, calls=2)
+    assert first != second, ("both epochs came out in the same order: draw a fresh permutation from the "
+                             "generator on every call, do not re-seed it")
+    assert first != [list(range(i, min(i + 8, 50))) for i in range(0, 50, 8)], "the order 0, 1, 2, ... is not shuffled"
+
+
+@question("q1", points=1, timeout=10)
+def same_order_as_randperm(ns):
+    """The order is torch.randperm(n, generator=generator), so a seed reproduces it exactly."""
+    (epoch,) = _epoch(ns, 23, 5, seed=7)
+    expected = ref_randperm(23, generator=_gen(7)).tolist()
+    got = [i for b in epoch for i in b]
+    assert got == expected, ("the indices are not in the order of torch.randperm(n, generator=generator); "
+                             "call it exactly once per epoch and slice its result")
+
+
+# ---------------------------------------------------------------------------------------------- q2
+
+
+@question("q2", points=2, timeout=10)
+def steps_match_dataloader(ns):
+    """steps_per_epoch(n, b, drop_last) equals len(DataLoader) for many n, b, with and without drop_last."""
+    for n in (1, 7, 10, 32, 100, 1077):
+        for b in (1, 3, 16, 32, 256, 2000):
+            for drop_last in (False, True):
+                expected = len(RefDataLoader(range(n), batch_size=b, drop_last=drop_last))
+                got = ns.steps_per_epoch(n, b, drop_last)
+                if got != expected:
+                    if drop_last and got == math.ceil(n / b):
+                        hint = "with drop_last the short batch is dropped: round down"
+                    elif not drop_last and got == n // b:
+                        hint = "without drop_last the last, shorter batch still counts: round up"
+                    else:
+                        hint = "ceil(n / b) without drop_last, floor(n / b) with it"
+                    raise AssertionError(f"steps_per_epoch({n}, {b}, drop_last={drop_last}) = {got}, "
+                                         f"expected {expected}: {hint}")
+
+
+@question("q2", points=1, timeout=10)
+def total_steps_of_the_digits_run(ns):
+    """total_steps: 8 epochs of 1,077 samples with batch 16, keeping the short batch."""
+    expected = 8 * len(RefDataLoader(range(1077), batch_size=16))
+    got = ns.total_steps
+    assert got is not Ellipsis, "set total_steps to a number"
+    assert int(got) == expected, (f"total_steps = {got}, expected {expected}"
+                                  + (": 1077 / 16 is not whole, so each epoch has one more, shorter batch"
+                                     if int(got) == 8 * (1077 // 16) else ""))
+
+
+# ---------------------------------------------------------------------------------------------- q3
+
+
+def _torch_adam(w0, grads, lr, betas, eps):
+    """Weights after applying torch.optim.Adam to the given gradient sequence."""
+    w = w0.clone().requires_grad_()
+    opt = RefAdam([w], lr=lr, betas=betas, eps=eps)
+    out = []
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        out.append(w.detach().clone())
+    return out
+
+
+def _grads(steps=40, seed=0):
+    g = _gen(seed)
+    return [torch.randn(3, 4, generator=g, dtype=F64) * (1 + k % 3) for k in range(steps)]
+
+
+def _run_learner(ns, w0, grads, lr, betas, eps):
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        result = ns.adam_update(w, g, m, v, t, lr, betas[0], betas[1], eps)
+        assert isinstance(result, tuple) and len(result) == 3, "adam_update must return a tuple (w, m, v)"
+        w, m, v = result
+        out.append(torch.as_tensor(w).detach().to(F64))
+    return out
+
+
+@question("q3", points=1, timeout=10)
+def first_step_is_lr_times_sign(ns):
+    """At t=1 the bias-corrected step is lr * sign(g) (up to eps): each weight moves by lr."""
+    w0 = torch.zeros(3, 4, dtype=F64)
+    g = _grads(1)[0]
+    (w1,) = _run_learner(ns, w0, [g], 0.1, (0.9, 0.999), 1e-8)
+    no_correction = -0.1 * (0.1 * g) / ((0.001 * g * g).sqrt() + 1e-8)
+    if torch.allclose(w1, no_correction, atol=1e-9):
+        hint = "you skipped the bias correction: divide m by 1 - beta1**t and v by 1 - beta2**t"
+    else:
+        hint = "at t = 1, m_hat = g and v_hat = g**2, so the step is -lr * g / (|g| + eps)"
+    assert_close(w1, -0.1 * g / (g.abs() + 1e-8), atol=1e-9, hint=hint)
+
+
+@question("q3", points=2, timeout=10)
+def forty_steps_match_torch_adam(ns):
+    """40 steps of adam_update follow torch.optim.Adam's weights to 1e-10 (float64)."""
+    w0 = torch.randn(3, 4, generator=_gen(1), dtype=F64)
+    grads = _grads(40)
+    for betas in ((0.9, 0.999), (0.8, 0.99)):
+        ours = _run_learner(ns, w0, grads, 0.01, betas, 1e-8)
+        expected = _torch_adam(w0, grads, 0.01, betas, 1e-8)
+        assert_close(ours[-1], expected[-1], atol=1e-10,
+                     hint=f"with betas={betas}: m = b1*m + (1-b1)*g, v = b2*v + (1-b2)*g**2, "
+                          "w - lr * m_hat / (sqrt(v_hat) + eps)")
+
+
+@question("q3", points=1, timeout=10)
+def inputs_are_not_modified(ns):
+    """adam_update returns new tensors and leaves w, m and v of the caller unchanged."""
+    w, g = torch.ones(3, dtype=F64), torch.tensor([1.0, -2.0, 3.0], dtype=F64)
+    m, v = torch.full((3,), 0.5, dtype=F64), torch.full((3,), 0.25, dtype=F64)
+    copies = [t.clone() for t in (w, m, v)]
+    ns.adam_update(w, g, m, v, 3, 0.1, 0.9, 0.999, 1e-8)
+    for name, before, after in zip("wmv", copies, (w, m, v)):
+        assert torch.equal(before, after), (f"adam_update changed its input {name} in place; "
+                                            "compute new tensors (m = beta1 * m + ...) instead of m.mul_(...)")
