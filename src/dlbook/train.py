@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlbook.device import autocast
+from dlbook.device import _mps_available, autocast
 
 __all__ = ["History", "TensorBatches", "fit", "evaluate", "accuracy", "save_checkpoint", "load_checkpoint"]
 
@@ -260,24 +260,24 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable, device=None, metrics: 
     device = _model_device(model) if device is None else torch.device(device)
     was_training = model.training
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    n = 0
+    parts: dict[str, list[torch.Tensor]] = {}   # per batch means, kept on the device: no sync per batch
+    sizes: list[int] = []
     try:
         for batch in loader:
             x, y = _to(_unpack(batch), device)
             output = model(x)
-            b = _batch_size(y)
             fns = metrics if metrics is not None else ({"accuracy": accuracy} if _is_classification(output, y) else {})
             values = {"loss": loss_fn(output, y), **{k: f(output, y) for k, f in fns.items()}}
             for k, v in values.items():
-                v = torch.as_tensor(v, device=device).detach().double() * b
-                sums[k] = sums[k] + v if k in sums else v
-            n += b
+                parts.setdefault(k, []).append(torch.as_tensor(v, device=device).detach().float().reshape(()))
+            sizes.append(_batch_size(y))
     finally:
         model.train(was_training)
-    if n == 0:
+    if not sizes:
         raise ValueError("loader yielded no batches, so there is nothing to evaluate")
-    return {k: (v / n).item() for k, v in sums.items()}
+    # Sample-weighted means, summed in float64 on the CPU (MPS has no float64).
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    return {k: (torch.stack(v).cpu().double() @ weights / weights.sum()).item() for k, v in parts.items()}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -288,6 +288,8 @@ def _rng_state(loader) -> dict:
     state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if _mps_available():
+        state["mps"] = torch.mps.get_rng_state()
     generator = getattr(loader, "generator", None)
     if isinstance(generator, torch.Generator):
         state["loader"] = generator.get_state()
@@ -302,6 +304,8 @@ def _set_rng_state(state: Mapping, loader) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and _mps_available():
+        torch.mps.set_rng_state(state["mps"])
     generator = getattr(loader, "generator", None)
     if "loader" in state and isinstance(generator, torch.Generator):
         generator.set_state(state["loader"])
