@@ -12,7 +12,6 @@ STAMP := $(VENV)/.installed
 # Notebooks run single-threaded BLAS per process so that two xdist workers share the 2 cores well.
 NBVAL_FLAGS := --nbval-lax --nbval-current-env -n 2 --dist loadfile
 NOTEBOOKS := chapters exercises
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: help setup book test unit notebooks site browser timings clean constraints student-versions

@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     start = time.time()
-    env = dict(os.environ, MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1")
+    # No MPLBACKEND here: with Agg forced, the kernel's inline backend is bypassed and
+    # executed notebooks lose every figure.
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(ROOT), "--path-output", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going"]
     result = subprocess.run(cmd, cwd=ROOT, env=env)

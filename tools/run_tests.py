@@ -51,7 +51,9 @@ def run(cmd: list[str], env: dict) -> int:
 
 def main() -> int:
     REPORTS.mkdir(parents=True, exist_ok=True)
-    base_env = dict(os.environ, MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0")
+    # MPLBACKEND must stay unset: forcing Agg would strip the figures from executed notebooks.
+    base_env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    base_env.update(PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONHASHSEED="0")
     # Two notebooks run at once on two cores: one BLAS/torch thread each avoids oversubscription.
     nb_env = dict(base_env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     stages = [
