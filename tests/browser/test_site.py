@@ -148,6 +148,21 @@ def test_search_finds_pages_offline(browser, server):
     assert not problems, "\n".join(problems)
 
 
+def test_every_notebook_that_plots_shows_its_figures():
+    """A build whose kernels lost their figures (for example MPLBACKEND=Agg) must not pass."""
+    import json
+
+    missing = []
+    for nb_path in sorted((ROOT / "chapters").rglob("*.ipynb")):
+        sources = "\n".join("".join(c["source"]) for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code")
+        if "plt." not in sources and "plot_" not in sources and "image_grid(" not in sources:
+            continue
+        html = SITE / nb_path.relative_to(ROOT).with_suffix(".html")
+        if html.exists() and "_images/" not in html.read_text(encoding="utf-8"):
+            missing.append(str(nb_path.relative_to(ROOT)))
+    assert not missing, f"pages that plot but show no figure: {missing}"
+
+
 def test_no_page_references_a_cdn():
     """No built page may point at a host other than its own for scripts, styles or fonts."""
     offenders = []
