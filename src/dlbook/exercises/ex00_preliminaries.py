@@ -20,34 +20,10 @@ from torch.nn.functional import cross_entropy as ref_cross_entropy
 from torch.nn.functional import log_softmax as ref_log_softmax
 
 from dlbook.grading import assert_close, question
+from dlbook.grading.hints import generator
+from dlbook.grading.hints import hint_for
 
 F64 = torch.float64
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _as64(value) -> torch.Tensor:
-    value = torch.as_tensor(value)
-    return value.detach().to(F64)
-
-
-def _matches(actual, candidate, atol: float = 1e-6) -> bool:
-    """True when the learner's result equals a known wrong formula (used only to choose a hint)."""
-    try:
-        a, c = _as64(actual), _as64(candidate)
-        return a.shape == c.shape and bool(((a - c).abs() <= atol).all())
-    except (TypeError, ValueError, RuntimeError):
-        return False
-
-
-def _hint(actual, mistakes: dict, default: str) -> str:
-    """The hint of the first known mistake the result matches, else ``default``."""
-    for hint, candidate in mistakes.items():
-        if _matches(actual, candidate):
-            return hint
-    return default
 
 
 # ---------------------------------------------------------------------------------------------- q1
@@ -58,7 +34,7 @@ def sigmoid_matches_torch(ns):
     """sigmoid(x) equals torch.sigmoid on float64 inputs in [-8, 8]."""
     x = torch.linspace(-8, 8, 41, dtype=F64)
     out = ns.sigmoid(x)
-    assert_close(out, torch.sigmoid(x), atol=1e-10, hint=_hint(out, {
+    assert_close(out, torch.sigmoid(x), atol=1e-10, hint=hint_for(out, {
         "you computed 1 / (1 + exp(x)): the sign in the exponent should be minus": torch.sigmoid(-x),
         "that is tanh, not the sigmoid": torch.tanh(x),
     }, "sigmoid(x) = 1 / (1 + exp(-x))"))
@@ -72,7 +48,7 @@ def sigmoid_grad_matches_autograd(ns):
     x = x.detach()
     out = ns.sigmoid_grad(x)
     s = torch.sigmoid(x)
-    assert_close(out, expected, atol=1e-10, hint=_hint(out, {
+    assert_close(out, expected, atol=1e-10, hint=hint_for(out, {
         "that is sigmoid itself: the derivative is sigmoid(x) * (1 - sigmoid(x))": s,
         "1 - sigmoid(x)^2 mimics tanh's derivative (1 - tanh^2); for the sigmoid it is s * (1 - s)": 1 - s**2,
         "s * (1 + s) has the wrong sign: the derivative is s * (1 - s)": s * (1 + s),
@@ -84,8 +60,8 @@ def sigmoid_grad_matches_autograd(ns):
 
 
 def _bce_data():
-    logits = torch.randn(64, generator=_gen(1), dtype=F64) * 3
-    targets = (torch.rand(64, generator=_gen(2), dtype=F64) < 0.5).to(F64)
+    logits = torch.randn(64, generator=generator(1), dtype=F64) * 3
+    targets = (torch.rand(64, generator=generator(2), dtype=F64) < 0.5).to(F64)
     return logits, targets
 
 
@@ -95,7 +71,7 @@ def bce_matches_torch(ns):
     logits, targets = _bce_data()
     out = ns.bce_with_logits(logits, targets)
     per_example = ref_bce_with_logits(logits, targets, reduction="none")
-    assert_close(out, ref_bce_with_logits(logits, targets), atol=1e-10, hint=_hint(out, {
+    assert_close(out, ref_bce_with_logits(logits, targets), atol=1e-10, hint=hint_for(out, {
         "you summed over the batch: return the mean": per_example.sum(),
         "you returned one loss per example: return their mean": per_example,
         "the sign is flipped: the loss is -[y log p + (1 - y) log(1 - p)]": -per_example.mean(),
@@ -119,8 +95,8 @@ def bce_is_stable_for_large_logits(ns):
 
 
 def _class_data(scale: float = 2.0):
-    logits = torch.randn(16, 5, generator=_gen(3), dtype=F64) * scale
-    targets = torch.randint(0, 5, (16,), generator=_gen(4))
+    logits = torch.randn(16, 5, generator=generator(3), dtype=F64) * scale
+    targets = torch.randint(0, 5, (16,), generator=generator(4))
     return logits, targets
 
 
@@ -129,7 +105,7 @@ def log_softmax_matches_torch(ns):
     """log_softmax(logits) equals F.log_softmax over the last dimension."""
     logits, _ = _class_data()
     out = ns.log_softmax(logits)
-    assert_close(out, ref_log_softmax(logits, dim=-1), atol=1e-10, hint=_hint(out, {
+    assert_close(out, ref_log_softmax(logits, dim=-1), atol=1e-10, hint=hint_for(out, {
         "you normalized over dim 0 (the batch): normalize each row, dim=-1": ref_log_softmax(logits, dim=0),
         "that is softmax, not its log": torch.softmax(logits, dim=-1),
     }, "log_softmax(z)_i = z_i - log(sum_j exp(z_j)), per row"))
@@ -151,7 +127,7 @@ def cross_entropy_matches_torch(ns):
     logits, targets = _class_data()
     out = ns.cross_entropy(logits, targets)
     per_example = ref_cross_entropy(logits, targets, reduction="none")
-    assert_close(out, ref_cross_entropy(logits, targets), atol=1e-10, hint=_hint(out, {
+    assert_close(out, ref_cross_entropy(logits, targets), atol=1e-10, hint=hint_for(out, {
         "the sign is flipped: the loss is minus the log-probability of the true class": -per_example.mean(),
         "you summed over the batch: return the mean": per_example.sum(),
         "you returned one loss per example: return their mean": per_example,
@@ -181,11 +157,11 @@ def _mlp_reference():
 def mlp_forward_matches_sequential(ns):
     """mlp_forward(x, weights, biases) equals nn.Sequential(Linear, ReLU, Linear, ReLU, Linear) with those weights."""
     model, weights, biases = _mlp_reference()
-    x = torch.randn(10, SIZES[0], generator=_gen(6), dtype=F64)
+    x = torch.randn(10, SIZES[0], generator=generator(6), dtype=F64)
     with torch.no_grad():
         expected = model(x)
     out = ns.mlp_forward(x, [w.clone() for w in weights], [b.clone() for b in biases])
-    assert_close(out, expected, atol=1e-10, hint=_hint(out, {
+    assert_close(out, expected, atol=1e-10, hint=hint_for(out, {
         "no ReLU after the last layer: the output layer gives raw scores (logits)": torch.relu(expected),
     }, "each layer computes h @ W.T + b (W has shape (out, in)); ReLU between layers, none after the last"))
 

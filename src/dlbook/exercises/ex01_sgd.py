@@ -22,17 +22,14 @@ from torch.optim import Adam as RefAdam
 from torch.utils.data import DataLoader as RefDataLoader
 
 from dlbook.grading import assert_close, question
+from dlbook.grading.hints import generator
 
 F64 = torch.float64
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _epoch(ns, n, b, seed=0, drop_last=False, calls=1):
     """Call the learner's minibatch_indices `calls` times on one generator; return lists of int lists."""
-    g = _gen(seed)
+    g = generator(seed)
     out = []
     for _ in range(calls):
         batches = ns.minibatch_indices(n, b, g, drop_last=drop_last)
@@ -78,7 +75,7 @@ def reshuffles_every_epoch(ns):
 def same_order_as_randperm(ns):
     """The order is torch.randperm(n, generator=generator), so a seed reproduces it exactly."""
     (epoch,) = _epoch(ns, 23, 5, seed=7)
-    expected = ref_randperm(23, generator=_gen(7)).tolist()
+    expected = ref_randperm(23, generator=generator(7)).tolist()
     got = [i for b in epoch for i in b]
     assert got == expected, ("the indices are not in the order of torch.randperm(n, generator=generator); "
                              "call it exactly once per epoch and slice its result")
@@ -133,7 +130,7 @@ def _torch_adam(w0, grads, lr, betas, eps):
 
 
 def _grads(steps=40, seed=0):
-    g = _gen(seed)
+    g = generator(seed)
     return [torch.randn(3, 4, generator=g, dtype=F64) * (1 + k % 3) for k in range(steps)]
 
 
@@ -165,7 +162,7 @@ def first_step_is_lr_times_sign(ns):
 @question("q3", points=2, timeout=10)
 def forty_steps_match_torch_adam(ns):
     """40 steps of adam_update follow torch.optim.Adam's weights to 1e-10 (float64)."""
-    w0 = torch.randn(3, 4, generator=_gen(1), dtype=F64)
+    w0 = torch.randn(3, 4, generator=generator(1), dtype=F64)
     grads = _grads(40)
     for betas in ((0.9, 0.999), (0.8, 0.99)):
         ours = _run_learner(ns, w0, grads, 0.01, betas, 1e-8)

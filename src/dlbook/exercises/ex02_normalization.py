@@ -20,8 +20,9 @@ from torch.nn.functional import group_norm as ref_group_norm
 from torch.nn.functional import instance_norm as ref_instance_norm
 from torch.nn.functional import layer_norm as ref_layer_norm
 
-from dlbook.exercises.ex00_preliminaries import _gen, _hint  # shared: a seeded generator; the hint of a known mistake
 from dlbook.grading import NotAttempted, assert_close, question
+from dlbook.grading.hints import generator
+from dlbook.grading.hints import hint_for
 
 F64 = torch.float64
 
@@ -33,7 +34,7 @@ def _standardize(x, dims, eps, unbiased=False):
 
 
 def _bn_inputs(seed: int, shape=(6, 4)):
-    g = _gen(seed)
+    g = generator(seed)
     C = shape[1]
     x = 2.0 * torch.randn(*shape, generator=g, dtype=F64) + 1.0
     gamma = torch.rand(C, generator=g, dtype=F64) + 0.5
@@ -62,7 +63,7 @@ def batch_norm_training_output_matches_torch(ns):
         expected = ref_batch_norm(x, rm.clone(), rv.clone(), gamma, beta, training=True, momentum=0.1, eps=1e-5)
         dims = (0,) + tuple(range(2, x.dim()))
         shape_c = (1, -1) + (1,) * (x.dim() - 2)
-        assert_close(y, expected, atol=1e-6, hint=_hint(y, {
+        assert_close(y, expected, atol=1e-6, hint=hint_for(y, {
             "you normalized with the unbiased variance (divide by |S| - 1); normalization uses the population one":
                 _standardize(x, dims, 1e-5, unbiased=True) * gamma.view(shape_c) + beta.view(shape_c),
             "you used the running statistics: in training mode batch norm uses the batch's own mean and variance":
@@ -84,11 +85,11 @@ def batch_norm_updates_running_statistics_like_torch(ns):
         ref_batch_norm(x, ref_rm, ref_rv, gamma, beta, training=True, momentum=momentum, eps=1e-5)
         dims = (0,) + tuple(range(2, x.dim()))
         mean = x.mean(dim=dims)
-        assert_close(new_rm, ref_rm, atol=1e-6, hint=_hint(new_rm, {
+        assert_close(new_rm, ref_rm, atol=1e-6, hint=hint_for(new_rm, {
             "momentum is the weight of the NEW batch: (1 - m) * running + m * batch_mean":
                 momentum * rm + (1 - momentum) * mean,
         }, "running_mean <- (1 - momentum) * running_mean + momentum * batch_mean"))
-        assert_close(new_rv, ref_rv, atol=1e-6, hint=_hint(new_rv, {
+        assert_close(new_rv, ref_rv, atol=1e-6, hint=hint_for(new_rv, {
             "the running variance stores the UNBIASED batch variance (divide by |S| - 1), as torch does":
                 (1 - momentum) * rv + momentum * x.var(dim=dims, unbiased=False),
             "momentum is the weight of the NEW batch: (1 - m) * running + m * batch_var":
@@ -102,7 +103,7 @@ def batch_norm_eval_mode_uses_running_statistics(ns):
     x, gamma, beta, rm, rv = _bn_inputs(4, (3, 5))
     y, new_rm, new_rv = _call_bn(ns, x, gamma, beta, rm, rv, False)
     expected = ref_batch_norm(x, rm.clone(), rv.clone(), gamma, beta, training=False, eps=1e-5)
-    assert_close(y, expected, atol=1e-6, hint=_hint(y, {
+    assert_close(y, expected, atol=1e-6, hint=hint_for(y, {
         "in eval mode, normalize with running_mean and running_var, not with the batch's statistics":
             _standardize(x, (0,), 1e-5) * gamma + beta,
     }, "eval mode: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta"))
@@ -118,7 +119,7 @@ def reduction_axes_reproduce_the_layers(ns):
     """Normalizing an (N, C, H, W) tensor over reduction_axes[m] gives batch, layer and instance norm."""
     axes = ns.reduction_axes
     assert isinstance(axes, dict), "reduction_axes must be a dict like {'batch': (...), 'layer': (...), 'instance': (...)}"
-    x = 3.0 * torch.randn(4, 3, 5, 5, generator=_gen(5), dtype=F64) + 2.0
+    x = 3.0 * torch.randn(4, 3, 5, 5, generator=generator(5), dtype=F64) + 2.0
     references = {
         "batch": ref_batch_norm(x, None, None, training=True, eps=1e-5),
         "layer": ref_layer_norm(x, x.shape[1:], eps=1e-5),
@@ -152,7 +153,7 @@ def set_size_counts_the_values_in_s(ns):
 def group_norm_matches_torch(ns):
     """group_norm(x, G, gamma, beta) equals F.group_norm for (N, C, H, W) and (N, C, L) inputs."""
     for seed, shape, groups in ((6, (3, 6, 4, 4), 3), (7, (2, 8, 5), 2), (8, (2, 4, 3, 3), 4)):
-        g = _gen(seed)
+        g = generator(seed)
         x = 2.0 * torch.randn(*shape, generator=g, dtype=F64) - 1.0
         C = shape[1]
         gamma = torch.rand(C, generator=g, dtype=F64) + 0.5
@@ -161,7 +162,7 @@ def group_norm_matches_torch(ns):
         expected = ref_group_norm(x, groups, gamma, beta, eps=1e-5)
         shape_c = (1, -1) + (1,) * (x.dim() - 2)
         spatial = tuple(range(2, x.dim()))
-        assert_close(out, expected, atol=1e-6, hint=_hint(out, {
+        assert_close(out, expected, atol=1e-6, hint=hint_for(out, {
             "that is instance norm (one channel per statistic): reshape to (N, G, C/G, ...) first":
                 _standardize(x, spatial, 1e-5) * gamma.view(shape_c) + beta.view(shape_c),
             "that is layer norm (all channels at once): each of the G groups needs its own statistics":
@@ -177,12 +178,12 @@ def group_norm_matches_torch(ns):
 @question("q4", points=1, timeout=10)
 def batch_norm_of_one_example_returns_beta(ns):
     """The batch-norm formula on a batch of one example (N=1, C) gives beta: every value equals its batch mean."""
-    g = _gen(9)
+    g = generator(9)
     x = torch.randn(1, 5, generator=g, dtype=F64)
     gamma = torch.rand(5, generator=g, dtype=F64) + 0.5
     beta = torch.randn(5, generator=g, dtype=F64)
     out = ns.batch_norm_of_one(x.clone(), gamma.clone(), beta.clone(), 1e-5)
-    assert_close(out, beta.expand(1, 5), atol=1e-6, hint=_hint(out, {
+    assert_close(out, beta.expand(1, 5), atol=1e-6, hint=hint_for(out, {
         "x - mean is 0 for a batch of one, whatever gamma: the output is beta": torch.zeros(1, 5, dtype=F64),
         "that is x itself: the mean over a batch of one IS x, so x - mean = 0": x,
     }, "with one example the batch mean equals x and the variance is 0: the normalized value is 0, the output beta"))

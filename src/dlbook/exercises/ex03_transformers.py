@@ -19,21 +19,10 @@ import torch
 from torch.nn.functional import scaled_dot_product_attention as ref_sdpa
 
 from dlbook.grading import assert_close, question
+from dlbook.grading.hints import generator
+from dlbook.grading.hints import matches
 
 F64 = torch.float64
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _same(actual, candidate, atol: float = 1e-6) -> bool:
-    """True when the learner's result equals a known wrong answer (only used to pick a hint)."""
-    try:
-        a, c = torch.as_tensor(actual).detach().to(F64), torch.as_tensor(candidate).detach().to(F64)
-        return a.shape == c.shape and bool(((a - c).abs() <= atol).all())
-    except (TypeError, ValueError, RuntimeError):
-        return False
 
 
 # ---------------------------------------------------------------------------------------------- q1
@@ -59,7 +48,7 @@ def causal_mask_is_the_lower_triangle(ns):
 @question("q1", points=1, timeout=10)
 def causal_mask_blocks_the_future_in_attention(ns):
     """Used as an SDPA mask, causal_mask makes output t independent of inputs after t."""
-    g = _gen(0)
+    g = generator(0)
     q, k, v = (torch.randn(1, 6, 4, generator=g, dtype=F64) for _ in range(3))
     mask = ns.causal_mask(6)
     out = ref_sdpa(q, k, v, attn_mask=mask)
@@ -72,7 +61,7 @@ def causal_mask_blocks_the_future_in_attention(ns):
 # ---------------------------------------------------------------------------------------------- q2
 
 def _qkv(shape_q, shape_kv, seed):
-    g = _gen(seed)
+    g = generator(seed)
     return (torch.randn(*shape_q, generator=g, dtype=F64), torch.randn(*shape_kv, generator=g, dtype=F64),
             torch.randn(*shape_kv, generator=g, dtype=F64))
 
@@ -85,8 +74,8 @@ def attention_matches_sdpa(ns):
     expected = ref_sdpa(q, k, v)
     unscaled = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
     wrong_axis = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-2) @ v
-    hint = ("you forgot to divide the scores by sqrt(d)" if _same(out, unscaled) else
-            "softmax over the wrong axis: normalize over the keys (dim=-1)" if _same(out, wrong_axis) else
+    hint = ("you forgot to divide the scores by sqrt(d)" if matches(out, unscaled) else
+            "softmax over the wrong axis: normalize over the keys (dim=-1)" if matches(out, wrong_axis) else
             "softmax(q @ k^T / sqrt(d)) @ v, with k transposed on its last two dims")
     assert_close(out, expected, atol=1e-10, hint=hint)
 
@@ -100,7 +89,7 @@ def attention_applies_the_mask(ns):
     for mask in (causal, pad & causal):
         out = ns.attention(q, k, v, mask)
         inverted = ref_sdpa(q, k, v, attn_mask=~mask | torch.eye(6, dtype=torch.bool))
-        hint = ("the mask is inverted: True means 'may attend'" if _same(out, inverted) else
+        hint = ("the mask is inverted: True means 'may attend'" if matches(out, inverted) else
                 "set masked scores to -inf before the softmax (masked_fill(~mask, float('-inf')))")
         assert_close(out, ref_sdpa(q, k, v, attn_mask=mask), atol=1e-10, hint=hint)
 
@@ -116,7 +105,7 @@ def split_heads_gives_each_head_its_channels(ns):
     assert tuple(out.shape) == (2, 3, 5, 4), f"expected shape (2, 3, 5, 4), got {tuple(out.shape)}"
     expected = x.reshape(2, 5, 3, 4).permute(0, 2, 1, 3)
     hint = ("you reshaped straight to (B, H, T, D): that mixes positions into heads; view as (B, T, H, D) "
-            "then transpose(1, 2)" if _same(out, x.reshape(2, 3, 5, 4)) else
+            "then transpose(1, 2)" if matches(out, x.reshape(2, 3, 5, 4)) else
             "view as (B, T, H, D), then swap T and H")
     assert_close(out, expected, atol=0, hint=hint)
 
@@ -124,7 +113,7 @@ def split_heads_gives_each_head_its_channels(ns):
 @question("q3", points=1, timeout=10)
 def merge_heads_undoes_split_heads(ns):
     """merge_heads((B, H, T, D)) is (B, T, H*D), the exact inverse of the head split."""
-    g = _gen(3)
+    g = generator(3)
     x = torch.randn(2, 5, 12, generator=g, dtype=F64)
     heads = x.reshape(2, 5, 3, 4).permute(0, 2, 1, 3)
     out = ns.merge_heads(heads)
@@ -146,7 +135,7 @@ def sinusoidal_encoding_matches_the_formula(ns):
     expected = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(50, 16)
     swapped = torch.stack([angle.cos(), angle.sin()], dim=-1).reshape(50, 16)
     halves = torch.cat([angle.sin(), angle.cos()], dim=-1)
-    hint = ("sin and cos are swapped: even channels take sin, odd channels cos" if _same(pe, swapped, 1e-5) else
+    hint = ("sin and cos are swapped: even channels take sin, odd channels cos" if matches(pe, swapped, 1e-5) else
             "interleave them: channel 2i is sin, channel 2i+1 is cos (not the first half sin, second half cos)"
-            if _same(pe, halves, 1e-5) else "the frequency of pair i is 1 / 10000^(2i/dim)")
+            if matches(pe, halves, 1e-5) else "the frequency of pair i is 1 / 10000^(2i/dim)")
     assert_close(pe.to(F64), expected, atol=1e-5, hint=hint)
