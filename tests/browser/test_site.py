@@ -31,6 +31,9 @@ PAGES = {
     "index.html": {"math": False, "figures": 0, "widgets": 0},
     "chapters/00_preliminaries/02_activations.html": {"math": True, "figures": 2, "widgets": 1},
     "chapters/00_preliminaries/03_losses.html": {"math": True, "figures": 2, "widgets": 0},
+    # every other page with a widget, so a widget that fails to render anywhere is caught
+    "chapters/01_sgd/01_minibatch_sgd.html": {"math": True, "figures": 2, "widgets": 1},
+    "chapters/02_normalization/02_batchnorm_mlp_cnn.html": {"math": True, "figures": 1, "widgets": 1},
 }
 
 pytestmark = pytest.mark.skipif(not (SITE / "index.html").exists(), reason="the site is not built (run make book)")
@@ -90,7 +93,7 @@ def test_page_renders_offline(browser, server, path):
     expect = PAGES[path]
     page, problems = _open(browser, f"{server}/{path}")
     if expect["math"]:
-        page.wait_for_selector("mjx-container", timeout=20_000)
+        page.wait_for_selector("mjx-container", state="attached", timeout=20_000)
         page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise",
                                timeout=20_000)
         page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
@@ -161,6 +164,13 @@ def test_every_notebook_that_plots_shows_its_figures():
         if html.exists() and "_images/" not in html.read_text(encoding="utf-8"):
             missing.append(str(nb_path.relative_to(ROOT)))
     assert not missing, f"pages that plot but show no figure: {missing}"
+
+
+def test_every_page_with_a_widget_is_checked_in_the_browser():
+    with_widgets = sorted(str(p.relative_to(SITE)) for p in SITE.rglob("*.html")
+                          if "application/vnd.jupyter.widget-view+json" in p.read_text(encoding="utf-8"))
+    unchecked = [p for p in with_widgets if not PAGES.get(p, {}).get("widgets")]
+    assert not unchecked, f"add these widget pages to PAGES: {unchecked}"
 
 
 def test_no_page_references_a_cdn():
