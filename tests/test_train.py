@@ -12,7 +12,8 @@ from torch import nn
 
 from dlbook.data import tensor_loader
 from dlbook.plot import plot_history
-from dlbook.train import History, TensorBatches, accuracy, evaluate, fit, load_checkpoint, save_checkpoint
+from dlbook.data import TensorBatches
+from dlbook.train import History, accuracy, evaluate, fit, load_checkpoint, save_checkpoint
 
 
 def blobs(n=96, d=5, classes=3, seed=0):

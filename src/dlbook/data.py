@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = [
-    "DigitsSplits", "load_digits", "make_regression", "make_classification", "tensor_loader",
+    "DigitsSplits", "load_digits", "make_regression", "make_classification", "TensorBatches", "tensor_loader",
     "pydoc_text", "docstring_corpus", "CharTokenizer", "windows", "random_batch", "split_ids",
     "DATASETS", "DownloadError", "fetch", "load_mnist", "load_tiny_shakespeare",
 ]
@@ -182,21 +181,63 @@ def make_classification(n_samples: int = 300, n_classes: int = 2, kind: str = "b
     return X.float(), y.long()
 
 
+class TensorBatches:
+    """Mini-batches of in-memory tensors, reshuffled every epoch: a fast loader for small data.
+
+    Iterating yields ``(X[idx], y[idx])`` for consecutive slices ``idx`` of a
+    fresh random permutation of the N samples, so every sample is seen once
+    per epoch; there are ceil(N / batch_size) batches, or floor with
+    ``drop_last``. Unlike a ``DataLoader`` over a ``TensorDataset`` it indexes
+    the whole batch at once, on the tensors' own device (no per-sample Python
+    work, no host-to-GPU copies), which matters for tiny models.
+
+    Args:
+        X: inputs of shape (N, ...); y: targets of shape (N, ...), same device.
+        batch_size: samples per batch, >= 1.
+        shuffle: reshuffle every epoch (else the order 0..N-1).
+        seed: seeds the batch order's own generator (``self.generator``, which
+            ``dlbook.train.fit``'s checkpoints save and restore).
+        drop_last: drop the last, smaller batch.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int = 32, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False):
+        if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"X and y must be tensors, got {type(X).__name__} and {type(y).__name__}")
+        if len(X) != len(y):
+            raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.X, self.y, self.batch_size = X, y, batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.X)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.X)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.X.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.X[idx], self.y[idx]
+
+
 def tensor_loader(X: torch.Tensor, y: torch.Tensor, batch_size: int = 32, shuffle: bool = True,
-                  seed: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader over in-memory tensors that reshuffles every epoch, reproducibly.
+                  seed: int = 0, drop_last: bool = False) -> TensorBatches:
+    """Mini-batches over in-memory tensors that reshuffle every epoch, reproducibly.
+
+    The book's one in-memory loader: this is ``TensorBatches(X, y, ...)``. Its
+    order comes from its own generator seeded with ``seed``, so it does not
+    depend on how much global randomness the notebook used before, and
+    ``dlbook.train.fit`` checkpoints restore it exactly.
 
     Args:
         X: inputs of shape (N, ...); y: targets of shape (N, ...).
-        seed: seeds the loader's own generator, so the order of batches does not
-            depend on how much global randomness the notebook used before.
     """
-    batch_size = _check_int("batch_size", batch_size)
-    if len(X) != len(y):
-        raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=shuffle,
-                      drop_last=drop_last, generator=g if shuffle else None)
+    return TensorBatches(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
 
 
 # ----------------------------------------------------------------------------- text

@@ -24,7 +24,7 @@ checkpoint after each epoch that resumes *exactly*: the same weights, bit for
 bit, as a run that was never interrupted.
 
 A loader is anything that yields ``(x, y)`` batches again on every pass: a
-``torch.utils.data.DataLoader``, ``dlbook.data.tensor_loader`` or a list.
+``torch.utils.data.DataLoader``, ``dlbook.data.TensorBatches`` (what ``tensor_loader`` returns) or a list.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from torch import nn
 
 from dlbook.device import _mps_available, autocast
 
-__all__ = ["History", "TensorBatches", "fit", "evaluate", "accuracy", "save_checkpoint", "load_checkpoint"]
+__all__ = ["History", "fit", "evaluate", "accuracy", "save_checkpoint", "load_checkpoint"]
 
 
 # ----------------------------------------------------------------------------- history
@@ -103,50 +103,6 @@ class History:
 
 
 # ----------------------------------------------------------------------------- batches
-
-class TensorBatches:
-    """Mini-batches of in-memory tensors, reshuffled every epoch: a fast loader for small data.
-
-    Iterating yields ``(X[idx], y[idx])`` for consecutive slices ``idx`` of a
-    fresh random permutation of the N samples, so every sample is seen once
-    per epoch; there are ceil(N / batch_size) batches, or floor with
-    ``drop_last``. Unlike a ``DataLoader`` over a ``TensorDataset`` it indexes
-    the whole batch at once, on the tensors' own device (no per-sample Python
-    work, no host-to-GPU copies), which matters for tiny models.
-
-    Args:
-        X: inputs of shape (N, ...); y: targets of shape (N, ...), same device.
-        batch_size: samples per batch, >= 1.
-        shuffle: reshuffle every epoch (else the order 0..N-1).
-        seed: seeds the batch order's own generator (``self.generator``, which
-            ``fit``'s checkpoints save and restore).
-        drop_last: drop the last, smaller batch.
-    """
-
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int = 32, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False):
-        if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"X and y must be tensors, got {type(X).__name__} and {type(y).__name__}")
-        if len(X) != len(y):
-            raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        self.X, self.y, self.batch_size = X, y, batch_size
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        n = len(self.X)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self):
-        n = len(self.X)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.X.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.X[idx], self.y[idx]
-
 
 # ----------------------------------------------------------------------------- metrics
 
