@@ -156,6 +156,14 @@ def _check_channels(layer: str, x: torch.Tensor, expected: int) -> None:
                          f"(shape {tuple(x.shape)}; channels are axis 1)")
 
 
+def _check_last_axes(layer: str, x: torch.Tensor, normalized_shape: tuple) -> int:
+    """Raise unless x's trailing axes equal ``normalized_shape``; return how many axes that is."""
+    k = len(normalized_shape)
+    if x.dim() < k or tuple(x.shape[-k:]) != tuple(normalized_shape):
+        raise ValueError(f"{layer} expects the input's last {k} axes to be {tuple(normalized_shape)}, "
+                         f"got shape {tuple(x.shape)}")
+    return k
+
 def _as_shape(normalized_shape) -> tuple[int, ...]:
     if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
         normalized_shape = (normalized_shape,)
@@ -303,6 +311,8 @@ class BatchNorm2d(_BatchNorm):
 
 # ----------------------------------------------------------------------------- layer norm
 
+
+
 class LayerNorm(nn.Module):
     """Layer normalization: each example normalized over its last ``len(normalized_shape)`` axes.
 
@@ -333,10 +343,7 @@ class LayerNorm(nn.Module):
         self.register_parameter("bias", shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = len(self.normalized_shape)
-        if x.dim() < k or tuple(x.shape[-k:]) != self.normalized_shape:
-            raise ValueError(f"LayerNorm expects the input's last {k} axes to be {self.normalized_shape}, "
-                             f"got shape {tuple(x.shape)}")
+        k = _check_last_axes("LayerNorm", x, self.normalized_shape)
         y = normalize(x, dims=range(-k, 0), eps=self.eps)
         if self.weight is not None:
             y = y * self.weight
@@ -484,10 +491,7 @@ class RMSNorm(nn.Module):
             self.register_parameter("weight", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = len(self.normalized_shape)
-        if x.dim() < k or tuple(x.shape[-k:]) != self.normalized_shape:
-            raise ValueError(f"RMSNorm expects the input's last {k} axes to be {self.normalized_shape}, "
-                             f"got shape {tuple(x.shape)}")
+        k = _check_last_axes("RMSNorm", x, self.normalized_shape)
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         mean_square = x.pow(2).mean(dim=tuple(range(-k, 0)), keepdim=True)
         y = x * torch.rsqrt(mean_square + eps)
