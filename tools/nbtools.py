@@ -45,9 +45,17 @@ def install_block() -> str:
     )
 
 
-def setup_source(imports: str = "") -> str:
-    """The whole first code cell: install when missing, imports, seed, show the device."""
+def setup_source(imports: str = "", extras: tuple[str, ...] = ()) -> str:
+    """The whole first code cell: install when missing, imports, seed, show the device.
+
+    ``extras`` names reference libraries the notebook needs (``"captum"``, ``"opacus"``,
+    ``"peft"``, ``"torchao"``): ``dlbook.extras.ensure`` installs each only when missing,
+    never touching torch or numpy.
+    """
     lines = [install_block().rstrip("\n"), "from dlbook.device import info, seed_everything"]
+    if extras:
+        names = ", ".join(f'"{e}"' for e in extras)
+        lines += ["from dlbook.extras import ensure", f"ensure({names})  # reference libraries, only if missing"]
     if imports.strip():
         lines.append(imports.strip("\n"))
     lines += ["", "seed_everything(0)", "device = info()"]
@@ -70,8 +78,8 @@ def hidden(text: str):
     return code(text, tags=("remove-cell",))
 
 
-def setup(imports: str = ""):
-    return code(setup_source(imports))
+def setup(imports: str = "", extras: tuple[str, ...] = ()):
+    return code(setup_source(imports, extras))
 
 
 def new_notebook(cells) -> nbformat.NotebookNode:
