@@ -63,6 +63,7 @@ def tanh_grad(a: torch.Tensor) -> torch.Tensor:
 
 
 # name -> (function, derivative)
+#: name -> (function, derivative) for every activation in this module.
 ACTIVATIONS = {"relu": (relu, relu_grad), "sigmoid": (sigmoid, sigmoid_grad), "tanh": (tanh, tanh_grad)}
 
 

@@ -31,7 +31,7 @@ import torch
 __all__ = [
     "DigitsSplits", "load_digits", "make_regression", "make_classification", "TensorBatches", "tensor_loader",
     "pydoc_text", "docstring_corpus", "CharTokenizer", "windows", "random_batch", "split_ids",
-    "DATASETS", "DownloadError", "fetch", "load_mnist", "load_tiny_shakespeare",
+    "DATASETS", "RemoteFile", "DownloadError", "fetch", "load_mnist", "load_tiny_shakespeare",
 ]
 
 
@@ -70,6 +70,7 @@ class DigitsSplits:
 
     @property
     def n_classes(self) -> int:
+        """The number of classes, 10 (the digits 0-9)."""
         return 10
 
     def to(self, device) -> "DigitsSplits":
@@ -296,6 +297,7 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The number of distinct characters, V: ids run from 0 to V - 1."""
         return len(self.itos)
 
     def encode(self, text: str) -> torch.Tensor:
@@ -378,13 +380,15 @@ class DownloadError(RuntimeError):
 
 @dataclass(frozen=True)
 class RemoteFile:
+    """An optional download: where it is, its expected SHA-256, and the file name it is cached under."""
+
     url: str
     sha256: str
     filename: str
 
 
-# Bigger datasets for readers with a network. Nothing in a build or a test
-# downloads these: tests point ``fetch`` at local files instead.
+# Nothing in a build or a test downloads these: tests point ``fetch`` at local files instead.
+#: Bigger datasets for readers with a network. The optional downloads :func:`fetch` knows, by name, each with its URL and SHA-256.
 DATASETS: dict[str, RemoteFile] = {
     "mnist-train-images": RemoteFile(
         "https://storage.googleapis.com/cvdf-datasets/mnist/train-images-idx3-ubyte.gz",

@@ -51,8 +51,11 @@ class Config:
         world_size: number of workers k (the single-process reference uses it
             only to form global batches of world_size * batch_size samples).
         batch_size: samples per worker per step, b.
-        steps: optimizer steps. lr, momentum: of SGD.
-        n_samples, n_features: size of the synthetic regression data.
+        steps: optimizer steps.
+        lr: learning rate of SGD.
+        momentum: momentum of SGD.
+        n_samples: number of examples of the synthetic regression data.
+        n_features: number of input features of that data.
         seed: seeds the data, the initial weights and the batch order.
         dtype: ``"float32"`` or ``"float64"``.
     """
@@ -84,6 +87,7 @@ class Config:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype (``"float64"`` -> ``torch.float64``)."""
         return getattr(torch, self.dtype)
 
 

@@ -25,8 +25,8 @@ import tempfile
 
 __all__ = ["REFERENCE_VERSIONS", "ensure"]
 
-# The versions the book is tested with; tests/test_extras.py checks they equal
-# requirements/constraints.txt.
+#: The versions the book is tested with (tests/test_extras.py checks they equal
+#: requirements/constraints.txt): import name -> version.
 REFERENCE_VERSIONS = {
     "peft": "0.21.2",
     "torchao": "0.18.0",

@@ -3,7 +3,7 @@
 All losses average over the batch, like PyTorch's default ``reduction="mean"``.
 
     mse(y_hat, y)                = mean (y_hat - y)^2
-    bce_with_logits(z, y)        = mean [ max(z, 0) - z y + log(1 + exp(-|z|)) ]
+    bce_with_logits(z, y)        = mean [ max(z, 0) - z y + log(1 + exp(-abs(z))) ]
     cross_entropy(Z, y)          = mean [ logsumexp(Z_i) - Z_{i, y_i} ]
 
 The logit forms never take the log of a probability that has rounded to 0 or
@@ -62,7 +62,7 @@ def softmax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def bce_with_logits(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy from logits z and targets y in [0, 1]. Shapes: equal -> scalar.
 
-    Uses -log sigmoid(z) = log(1 + exp(-z)) = max(-z, 0) + log(1 + exp(-|z|)),
+    Uses -log sigmoid(z) = log(1 + exp(-z)) = max(-z, 0) + log(1 + exp(-abs(z))),
     whose exp argument is never positive.
     """
     _float("z", z), _float("y", y)
@@ -86,7 +86,7 @@ def cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def naive_bce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The textbook formula -[y log p + (1 - y) log(1 - p)] with p = sigmoid(z).
 
-    Kept only to show how it fails: for |z| beyond about 17 (float32) or 37
+    Kept only to show how it fails: for abs(z) beyond about 17 (float32) or 37
     (float64), p rounds to exactly 0 or 1 and a log returns -inf.
     """
     p = 1 / (1 + torch.exp(-z))

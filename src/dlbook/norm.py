@@ -60,7 +60,7 @@ def normalize(x: torch.Tensor, dims: Sequence[int], eps: float = 1e-5) -> torch.
     Returns:
         A tensor of the shape of ``x`` whose values have mean 0 and variance
         ``var / (var + eps)`` (so about 1) over ``dims``. The variance is the
-        population one (divide by |S|, not |S| - 1), as in every torch norm layer.
+        population one (divide by ``|S|``, not ``|S| - 1``), as in every torch norm layer.
     """
     var, mean = torch.var_mean(x, dim=tuple(dims), unbiased=False, keepdim=True)
     return (x - mean) * torch.rsqrt(var + eps)
@@ -70,7 +70,7 @@ _KIND_NAMES = {"batch": "BN", "layer": "LN", "instance": "IN", "group": "GN"}
 
 
 def reduction_dims(kind: str, ndim: int = 4) -> tuple[int, ...]:
-    """The axes each method averages over, for an input of ``ndim`` axes (N, C, *spatial).
+    """The axes each method averages over, for an input of ``ndim`` axes ``(N, C, *spatial)``.
 
     ``"batch"`` -> (0, 2, 3, ...), ``"layer"`` -> (1, 2, 3, ...), ``"instance"`` -> (2, 3, ...).
     Group norm has no plain answer in axes of the input: it reshapes (N, C, ...) to
@@ -326,7 +326,7 @@ class LayerNorm(nn.Module):
         eps: added to the variance. elementwise_affine: learn weight (and bias).
         bias: learn a bias too (only with elementwise_affine).
 
-    Shape: input (*, *normalized_shape) -> same shape. The statistics never involve
+    Shape: input ``(*, *normalized_shape)`` -> same shape. The statistics never involve
     another example, so ``train()`` and ``eval()`` give the same output.
     """
 
@@ -415,16 +415,16 @@ class InstanceNorm2d(nn.Module):
 class GroupNorm(nn.Module):
     """Group normalization: channels split into ``num_groups`` groups, each normalized per example.
 
-    For input (N, C, *), the C channels are cut into G groups of C/G consecutive
-    channels; each (example, group) block of (C/G) x * values gets its own mean
-    and variance. G = 1 is layer norm over (C, *) and G = C is instance norm,
+    For input ``(N, C, *)``, the C channels are cut into G groups of C/G consecutive
+    channels; each (example, group) block of ``(C/G) x *`` values gets its own mean
+    and variance. G = 1 is layer norm over ``(C, *)`` and G = C is instance norm,
     both with a per-channel gamma and beta. Nothing depends on the batch.
 
     Args:
         num_groups: G, must divide num_channels. num_channels: C. eps: added to the variance.
         affine: learn a per-channel weight and bias of shape (C,).
 
-    Shape: input (N, C, *) -> same shape.
+    Shape: input ``(N, C, *)`` -> same shape.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
@@ -476,7 +476,7 @@ class RMSNorm(nn.Module):
         eps: added to the mean square; ``None`` means ``torch.finfo(x.dtype).eps`` (as torch).
         elementwise_affine: learn gamma of shape ``normalized_shape``.
 
-    Shape: input (*, *normalized_shape) -> same shape.
+    Shape: input ``(*, *normalized_shape)`` -> same shape.
     """
 
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True,
@@ -563,6 +563,7 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) ->
 
 # ----------------------------------------------------------------------------- factories
 
+#: The ``kind`` names :func:`make_norm2d` accepts.
 NORM_KINDS = ("none", "batch", "layer", "instance", "group")
 
 
@@ -587,6 +588,7 @@ def make_norm2d(kind: str, channels: int, groups: int = 4) -> nn.Module:
     raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
 
 
+#: The ``kind`` names :func:`make_norm1d` accepts.
 NORM1D_KINDS = ("none", "batch", "layer", "group", "rms")
 
 

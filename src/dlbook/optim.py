@@ -100,6 +100,7 @@ class SGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        """One update of every parameter from its ``.grad``; returns ``closure()``'s loss if given."""
         loss = _run_closure(closure)
         for group in self.param_groups:
             lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
@@ -146,6 +147,7 @@ class RMSprop(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        """One update of every parameter from its ``.grad``; returns ``closure()``'s loss if given."""
         loss = _run_closure(closure)
         for group in self.param_groups:
             lr, alpha, eps, mu = (group[k] for k in ("lr", "alpha", "eps", "momentum"))
@@ -203,6 +205,7 @@ class Adam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        """One update of every parameter from its ``.grad``; returns ``closure()``'s loss if given."""
         loss = _run_closure(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]

@@ -86,12 +86,14 @@ class History:
         return [e["steps"] for e in self.epochs]
 
     def state_dict(self) -> dict:
+        """A plain dict of lists and numbers (what a checkpoint stores)."""
         return {"step_loss": list(self.step_loss), "epochs": [dict(e) for e in self.epochs],
                 "wall_time": self.wall_time, "samples_per_s": self.samples_per_s,
                 "n_samples": self.n_samples, "train_time": self.train_time}
 
     @classmethod
     def from_state_dict(cls, state: Mapping) -> "History":
+        """The History that :meth:`state_dict` described."""
         return cls(**{k: state[k] for k in ("step_loss", "epochs", "wall_time", "samples_per_s",
                                               "n_samples", "train_time")})
 

@@ -451,8 +451,11 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def flops_per_token(model: nn.Module, seq_len: int, training: bool = True) -> int:
     """Matmul FLOPs per token of a Transformer with context ``seq_len``.
 
-    forward = 2 * (weights of every nn.Linear, the tied head included)
-            + 4 * seq_len * n_embd per attention module (q k^T and weights @ v, full square)
+    ::
+
+        forward = 2 * (weights of every nn.Linear, the tied head included)
+                + 4 * seq_len * n_embd per attention module (q k^T and weights @ v, full square)
+
     training = 3 * forward (the backward pass costs about twice the forward), the
     "6N + 12 L T C" rule. Embedding lookups, norms and softmax are left out.
     """

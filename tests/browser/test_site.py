@@ -34,6 +34,8 @@ PAGES = {
     # every other page with a widget, so a widget that fails to render anywhere is caught
     "chapters/01_sgd/01_minibatch_sgd.html": {"math": True, "figures": 2, "widgets": 1},
     "chapters/02_normalization/02_batchnorm_mlp_cnn.html": {"math": True, "figures": 1, "widgets": 1},
+    # one page of the dlbook API reference: docstring math rendered by the vendored MathJax
+    "book/api/norm.html": {"math": True, "figures": 0, "widgets": 0},
 }
 
 pytestmark = pytest.mark.skipif(not (SITE / "index.html").exists(), reason="the site is not built (run make book)")
@@ -183,3 +185,25 @@ def test_no_page_references_a_cdn():
             if marker in text:
                 offenders.append(f"{html.relative_to(SITE)}: {marker}")
     assert not offenders, "\n".join(offenders[:20])
+
+
+def test_api_reference_has_an_entry_for_every_public_name():
+    """Every name in each module's __all__ has its anchor on the module's API page, and links back to a chapter."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tools.api_pages import public_modules
+
+    missing = []
+    for short in public_modules():
+        html = (SITE / "book" / "api" / f"{short.replace('.', '_')}.html").read_text(encoding="utf-8")
+        module = importlib.import_module(f"dlbook.{short}")
+        missing += [f"dlbook.{short}.{n}" for n in module.__all__ if f'id="dlbook.{short}.{n}"' not in html]
+    assert not missing, f"public names without an entry in the built API reference: {missing}"
+
+
+def test_chapter_pages_link_into_the_api_reference():
+    """The link cell of a chapter notebook resolves: its page links to an API page's anchor."""
+    html = (SITE / "chapters" / "01_sgd" / "01_minibatch_sgd.html").read_text(encoding="utf-8")
+    assert "book/api/train.html#dlbook.train.fit" in html
