@@ -297,7 +297,7 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """The number of distinct characters, V: ids run from 0 to V - 1."""
+        """The number of distinct characters V (ids run from 0 to V - 1)."""
         return len(self.itos)
 
     def encode(self, text: str) -> torch.Tensor:
