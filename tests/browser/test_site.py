@@ -36,6 +36,8 @@ PAGES = {
     "chapters/02_normalization/02_batchnorm_mlp_cnn.html": {"math": True, "figures": 1, "widgets": 1},
     # one page of the dlbook API reference: docstring math rendered by the vendored MathJax
     "book/api/norm.html": {"math": True, "figures": 0, "widgets": 0},
+    # the bilingual glossary: math, and Chinese terms (checked for glyphs below)
+    "book/glossary.html": {"math": True, "figures": 0, "widgets": 0},
 }
 
 pytestmark = pytest.mark.skipif(not (SITE / "index.html").exists(), reason="the site is not built (run make book)")
@@ -207,3 +209,40 @@ def test_chapter_pages_link_into_the_api_reference():
     """The link cell of a chapter notebook resolves: its page links to an API page's anchor."""
     html = (SITE / "chapters" / "01_sgd" / "01_minibatch_sgd.html").read_text(encoding="utf-8")
     assert "book/api/train.html#dlbook.train.fit" in html
+
+
+# Draws a string on a canvas in the font the page uses for glossary terms, and compares it with
+# the same font's drawing of a code point no font has (U+10FFFD): equal pixels mean an empty box.
+_GLYPH_CHECK = """(text) => {
+  const font = getComputedStyle(document.querySelector('dl.glossary dt')).font;
+  const draw = (s) => {
+    const c = document.createElement('canvas'); c.width = 40; c.height = 40;
+    const g = c.getContext('2d'); g.font = font.replace(/\\d+(\\.\\d+)?px/, '24px'); g.fillText(s, 4, 30);
+    return Array.from(g.getImageData(0, 0, 40, 40).data).join(',');
+  };
+  const missing = draw(String.fromCodePoint(0x10FFFD));
+  return Array.from(text).filter(ch => draw(ch) === missing);
+}"""
+
+
+def test_glossary_shows_chinese_glyphs(browser, server):
+    """Every Chinese character of the glossary's terms is drawn with a real glyph (needs a CJK font)."""
+    page, problems = _open(browser, f"{server}/book/glossary.html")
+    terms = page.evaluate("() => Array.from(document.querySelectorAll('dl.glossary dt')).map(d => d.innerText).join('')")
+    chinese = "".join(sorted({ch for ch in terms if "\u4e00" <= ch <= "\u9fff"}))
+    assert len(chinese) > 50, f"expected the Chinese terms on the page, found {chinese!r}"
+    boxes = page.evaluate(_GLYPH_CHECK, chinese)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "book_glossary_top.png"))
+    page.close()
+    assert not boxes, f"drawn as empty boxes (no font with these glyphs): {''.join(boxes)}"
+    assert not problems, "\n".join(problems)
+
+
+def test_search_finds_a_glossary_entry_by_its_chinese_term(browser, server):
+    page, problems = _open(browser, f"{server}/search.html?q=%E5%BE%AE%E8%B0%83")  # 微调, fine-tuning
+    page.wait_for_selector("#search-results li", timeout=20_000)
+    results = page.inner_text("#search-results")
+    page.close()
+    assert "Glossary" in results or "微调" in results, results[:500]
+    assert not problems, "\n".join(problems)
