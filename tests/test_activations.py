@@ -35,3 +35,13 @@ def test_bad_input_is_rejected():
         act.sigmoid(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="unknown activation"):
         act.get("swish")
+
+
+def test_autograd_through_the_stable_sigmoid_is_its_derivative_everywhere():
+    """Also at 0 (where an abs() inside would give 0) and at +-1000 (where the naive form gives NaN)."""
+    from dlbook.activations import sigmoid, sigmoid_grad
+
+    a = torch.tensor([-1000.0, -30.0, -1.0, 0.0, 1.0, 30.0, 1000.0], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(sigmoid(a).sum(), a)
+    assert torch.allclose(grad, sigmoid_grad(a.detach()), atol=1e-15, rtol=0)
+    assert grad[3].item() == 0.25

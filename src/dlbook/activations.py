@@ -41,7 +41,9 @@ def sigmoid(a: torch.Tensor) -> torch.Tensor:
     sees a large positive argument.
     """
     a = _check(a)
-    e = torch.exp(-a.abs())  # in (0, 1]: never overflows
+    # exp of -|a|, in (0, 1]: never overflows. Written with where rather than abs(), whose
+    # derivative at 0 is 0 and would make autograd's sigmoid'(0) 0 instead of 1/4.
+    e = torch.exp(torch.where(a >= 0, -a, a))
     return torch.where(a >= 0, 1 / (1 + e), e / (1 + e))
 
 
