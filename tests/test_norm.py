@@ -375,3 +375,52 @@ def test_every_layer_matches_torch_on_a_random_shape(seed):
         assert_same_buffers(mine, ref)
         mine.eval(), ref.eval()
         assert_same_forward_backward(mine, ref, inp * 0.5 + 1)  # eval mode, other data
+
+
+# ----------------------------------------------------------------------------- batch renormalization
+
+def test_batch_renorm_with_r_max_1_and_d_max_0_is_batch_norm():
+    """Clipped to r = 1, d = 0, batch renorm is plain batch norm: outputs, running stats, eval."""
+    torch.manual_seed(0)
+    renorm, batch = norm.BatchRenorm1d(5, r_max=1.0, d_max=0.0, dtype=torch.float64), torch.nn.BatchNorm1d(5, dtype=torch.float64)
+    for _ in range(3):
+        x = 2 * torch.randn(8, 5, dtype=torch.float64) + 1
+        assert torch.allclose(renorm(x), batch(x), atol=1e-12)
+    assert torch.allclose(renorm.running_var, batch.running_var) and torch.allclose(renorm.running_mean, batch.running_mean)
+    renorm.eval(), batch.eval()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert torch.allclose(renorm(x), batch(x), atol=1e-12)
+
+
+def test_batch_renorm_unclipped_trains_with_the_running_statistics_view():
+    """With r and d inside their limits, x_hat = (x - mu_running) / sigma_running: what eval() computes."""
+    torch.manual_seed(1)
+    layer = norm.BatchRenorm1d(3, r_max=100.0, d_max=100.0, affine=False, dtype=torch.float64)
+    layer.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    layer.running_var.copy_(torch.tensor([4.0, 0.25, 1.0], dtype=torch.float64))
+    mean, var = layer.running_mean.clone(), layer.running_var.clone()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    expected = (x - mean) / torch.sqrt(var + layer.eps)
+    assert torch.allclose(layer(x), expected, atol=1e-12)
+
+
+def test_batch_renorm_passes_no_gradient_through_r_and_d():
+    """r and d are constants: the gradient equals batch norm's times r (per channel)."""
+    torch.manual_seed(2)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    renorm = norm.BatchRenorm1d(3, r_max=2.0, d_max=1.0, affine=False, dtype=torch.float64)
+    renorm.running_var.fill_(9.0)
+    g = torch.randn(6, 3, dtype=torch.float64)
+    (grad_renorm,) = torch.autograd.grad((renorm(x) * g).sum(), x)
+    (grad_batch,) = torch.autograd.grad((torch.nn.functional.batch_norm(x, None, None, training=True) * g).sum(), x)
+    std = torch.sqrt(x.detach().var(0, unbiased=False) + 1e-5)
+    r = (std / torch.sqrt(torch.tensor(9.0 + 1e-5, dtype=torch.float64))).clamp(0.5, 2.0)
+    assert torch.allclose(grad_renorm, grad_batch * r, atol=1e-10)
+
+
+def test_batch_renorm_rejects_bad_limits_and_tiny_batches():
+    with pytest.raises(ValueError, match="r_max >= 1 and d_max >= 0"):
+        norm.BatchRenorm1d(4, r_max=0.5)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        norm.BatchRenorm1d(4)(torch.randn(1, 4))
+    assert isinstance(norm.make_norm1d("renorm", 4), norm.BatchRenorm1d)

@@ -36,7 +36,7 @@ class NormMLP(nn.Module):
     Args:
         d_in, d_out: input features and classes.
         hidden: widths of the hidden layers.
-        norm: ``"none"``, ``"batch"``, ``"layer"``, ``"group"``, ``"rms"`` (a layer
+        norm: ``"none"``, ``"batch"``, ``"renorm"``, ``"layer"``, ``"group"``, ``"rms"`` (a layer
             after each hidden Linear) or ``"weight"`` (weight normalization of every
             Linear, no activation normalization).
         position: ``"before"`` the activation (Linear -> norm -> ReLU, as in the

@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 
 __all__ = [
     "normalize", "reduction_dims", "stat_set_mask",
-    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "InstanceNorm2d", "GroupNorm", "RMSNorm",
+    "BatchNorm1d", "BatchNorm2d", "BatchRenorm1d", "LayerNorm", "InstanceNorm2d", "GroupNorm", "RMSNorm",
     "WeightNorm", "weight_norm", "make_norm2d", "make_norm1d", "NORM_KINDS", "NORM1D_KINDS",
 ]
 
@@ -311,6 +311,68 @@ class BatchNorm2d(_BatchNorm):
 
 # ----------------------------------------------------------------------------- layer norm
 
+
+
+class BatchRenorm1d(_BatchNorm):
+    """Batch renormalization (Ioffe, 2017): batch norm that trains with the running statistics' view.
+
+    In training, with batch statistics mu_B, sigma_B and running ones mu, sigma::
+
+        r = clip(sigma_B / sigma, 1/r_max, r_max)      d = clip((mu_B - mu) / sigma, -d_max, d_max)
+        x_hat = (x - mu_B) / sigma_B * r + d           y = gamma * x_hat + beta
+
+    with no gradient through r and d (they are treated as constants). Unclipped, x_hat is
+    exactly (x - mu) / sigma, what ``eval()`` computes: training and inference then see the
+    same normalization even when a small batch's statistics are noisy. ``r_max = 1, d_max = 0``
+    is plain batch norm. In ``eval()`` it is batch norm with the running statistics.
+
+    Args:
+        num_features: C. eps, momentum, affine, track_running_stats: as ``BatchNorm1d``.
+        r_max: >= 1, the largest correction of the scale. d_max: >= 0, of the shift
+            (in running standard deviations). The paper raises them from 1 and 0 to about
+            3 and 5 during training; ``set_limits`` changes them.
+
+    Shape: input (N, C) or (N, C, L) -> same shape.
+    """
+
+    _ranks = (2, 3)
+    _shape_text = "(N, C) or (N, C, L)"
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 r_max: float = 3.0, d_max: float = 5.0, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, True, device, dtype)
+        self.set_limits(r_max, d_max)
+
+    def set_limits(self, r_max: float, d_max: float) -> None:
+        """Change r_max (>= 1) and d_max (>= 0), for example on a schedule during training."""
+        if not r_max >= 1 or not d_max >= 0:
+            raise ValueError(f"BatchRenorm1d needs r_max >= 1 and d_max >= 0, got r_max={r_max!r}, d_max={d_max!r}")
+        self.r_max, self.d_max = float(r_max), float(d_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        self._check_input(x)
+        dims = (0,) + tuple(range(2, x.dim()))
+        count = x.numel() // x.shape[1]
+        if count < 2:
+            raise ValueError(f"BatchRenorm1d in training mode needs more than one value per channel, got input "
+                             f"shape {tuple(x.shape)}")
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False)             # (C,) each
+        std = torch.sqrt(var + self.eps)
+        running_std = torch.sqrt(self.running_var + self.eps)
+        with torch.no_grad():                                               # r and d are constants for autograd
+            r = (std / running_std).clamp(1 / self.r_max, self.r_max)
+            d = ((mean - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+        self._update_running_stats(mean.detach(), var.detach() * (count / (count - 1)))
+        x_hat = (x - _per_channel(mean, x.dim())) / _per_channel(std, x.dim()) * _per_channel(r, x.dim()) \
+            + _per_channel(d, x.dim())
+        if self.affine:
+            return x_hat * _per_channel(self.weight, x.dim()) + _per_channel(self.bias, x.dim())
+        return x_hat
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", r_max={self.r_max}, d_max={self.d_max}"
 
 
 class LayerNorm(nn.Module):
@@ -589,13 +651,13 @@ def make_norm2d(kind: str, channels: int, groups: int = 4) -> nn.Module:
 
 
 #: The ``kind`` names :func:`make_norm1d` accepts.
-NORM1D_KINDS = ("none", "batch", "layer", "group", "rms")
+NORM1D_KINDS = ("none", "batch", "renorm", "layer", "group", "rms")
 
 
 def make_norm1d(kind: str, features: int, groups: int = 4) -> nn.Module:
     """A normalization layer for (N, D) activations of an MLP, by name.
 
-    ``"batch"`` -> BatchNorm1d; ``"layer"`` -> LayerNorm(D); ``"group"`` ->
+    ``"batch"`` -> BatchNorm1d; ``"renorm"`` -> BatchRenorm1d (r_max 3, d_max 5); ``"layer"`` -> LayerNorm(D); ``"group"`` ->
     GroupNorm(groups, D) (the D features cut into groups, each normalized per
     example); ``"rms"`` -> RMSNorm(D); ``"none"`` -> identity. Instance norm needs
     spatial axes and exists only for images (:func:`make_norm2d`).
@@ -604,6 +666,8 @@ def make_norm1d(kind: str, features: int, groups: int = 4) -> nn.Module:
         return nn.Identity()
     if kind == "batch":
         return BatchNorm1d(features)
+    if kind == "renorm":
+        return BatchRenorm1d(features)
     if kind == "layer":
         return LayerNorm(features)
     if kind == "group":
