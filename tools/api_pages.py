@@ -125,7 +125,7 @@ LINK_MARK = "<!-- dlbook API links: written by tools/api_pages.py -->"
 
 
 # Imported by every setup cell: linking them in every notebook would say nothing.
-SETUP_NAMES = {("device", "info"), ("device", "seed_everything"), ("extras", "ensure")}
+SETUP_NAMES = {("device", "info"), ("device", "seed_everything"), ("device", "set_threads"), ("extras", "ensure")}
 
 
 def imported_names(nb) -> list[tuple[str, str]]:
