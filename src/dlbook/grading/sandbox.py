@@ -1,9 +1,8 @@
 """The submission's side of grading: a warm process that forks one sandboxed child per submission.
 
-    python -P -m dlbook.grading.sandbox CONTROL_FD        (started by dlbook.grading.worker, never by hand)
-
-This process (the *zygote*) imports torch, numpy, IPython and ``dlbook`` once, and never the tests: it holds
-no test code, no hidden test, no expected value and no results file, and neither does any child it forks. For
+The *zygote* is forked by the grading process (:mod:`dlbook.grading.worker`) after torch is imported and before
+any test is: it holds no test code, no hidden test, no expected value and no results file, and neither does any
+child it forks. It imports IPython once. For
 each submission the grading process sends it one end of a socket; the zygote forks a child that
 
 1. isolates itself (:func:`isolate`): on Linux, new mount, network, PID, IPC and UTS namespaces (as root, or
@@ -30,6 +29,7 @@ import select
 import signal
 import socket
 import sys
+import sysconfig
 import traceback
 
 __all__ = ["isolate", "serve", "set_limits", "zygote"]
@@ -100,7 +100,8 @@ def _visible_paths() -> list[str]:
                   sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
                   os.path.dirname(os.path.dirname(os.path.abspath(dlbook.__file__))),
                   os.path.dirname(os.path.realpath(sys.executable))]
-    candidates += [p for p in sys.path if p and os.path.isabs(p)]
+    candidates += [p for p in sys.path if p and os.path.isabs(p) and _under_prefix(p)]
+    candidates += [sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
     found = []
     for path in candidates:
         if os.path.islink(path) and os.path.dirname(path) == "/":
@@ -110,6 +111,20 @@ def _visible_paths() -> list[str]:
         if os.path.isdir(real) and real != "/":
             found.append(real)
     return sorted(set(found))
+
+
+def _under_prefix(path: str) -> bool:
+    import dlbook
+
+    real = os.path.realpath(path)
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                           os.path.dirname(os.path.dirname(os.path.abspath(dlbook.__file__))))}
+    return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _keep_only_visible_imports() -> None:
+    """Drop the working folder and anything outside Python's and dlbook's folders from ``sys.path``."""
+    sys.path[:] = [p for p in sys.path if p and os.path.isabs(p) and _under_prefix(p)]
 
 
 def _bind_readonly(libc: _Libc, source: str, target: str) -> None:
@@ -482,10 +497,8 @@ def zygote(control: socket.socket) -> None:
                 control.send(json.dumps({"exited": index, "code": os.waitstatus_to_exitcode(status)}).encode())
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    control = socket.socket(fileno=int(argv[0]))
-    # Everything a submission may need, imported once before the forks.
+def main(control: socket.socket) -> None:
+    """The zygote's life: import what a submission may need, then fork on request (see :func:`zygote`)."""
     import IPython.core.interactiveshell  # noqa: F401
     import numpy  # noqa: F401
     import torch  # noqa: F401
@@ -493,18 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     import dlbook.grading  # noqa: F401
     from dlbook.grading import probes, wire  # noqa: F401
 
+    _keep_only_visible_imports()
     try:
         _Libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # go when the grading process goes
     except (OSError, AttributeError):
         pass
     control.send(b'{"ready": true}')
     zygote(control)
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BaseException:  # noqa: BLE001
-        traceback.print_exc()
-        _exit(70)

@@ -3,8 +3,8 @@
     python -m dlbook.grading.worker SET_ID WORKDIR NOTEBOOK... [--extra-tests X] [--jobs N] [--timeout S]
                                     [--cpu S] [--memory-mb MB] [--hide PATH] [--isolation auto|rlimits]
 
-This process starts the *zygote* (:mod:`dlbook.grading.sandbox`, a fresh interpreter that imports torch and
-IPython but no test), then imports the set's tests and the instructor's hidden ones. For submission ``i`` it
+This process imports torch, forks the *zygote* (:mod:`dlbook.grading.sandbox`, which imports IPython and never
+any test), and only then imports the set's tests and the instructor's hidden ones. For submission ``i`` it
 
 1. makes a socket pair and sends one end to the zygote, which forks the submission's sandboxed child;
 2. forks a *grading child* of its own with the other end. The grading child reads the notebook (as JSON, never
@@ -29,7 +29,6 @@ import re
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -142,18 +141,31 @@ def _grading_child(notebook: str, sock: socket.socket, out_fd: int, tests, hidde
 # ---------------------------------------------------------------------------------------------- the zygote
 
 
-def _start_zygote(workdir: str):
-    """Start the zygote with a fresh interpreter and environment: nothing of this process's reaches it."""
-    import dlbook
-
+def _start_zygote() -> tuple[int, socket.socket]:
+    """Fork the zygote now, before any test is imported: it holds torch and nothing of the tests."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(dlbook.__file__)))
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "dlbook.grading.sandbox", str(theirs.fileno())],
-                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            cwd="/", env=env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            ours.close()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            sys.argv = sys.argv[:1]
+            os.chdir("/")
+            from dlbook.grading import sandbox
+
+            sandbox.main(theirs)
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+            code = 70
+        finally:
+            os._exit(code)
     theirs.close()
-    return proc, ours
+    return pid, ours
 
 
 class _Submission:
@@ -185,7 +197,7 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
           cpu: float | None, memory_mb: int | None, hide: list[str] = (), isolation: str = "auto") -> None:
     """Grade ``notebooks`` with at most ``jobs`` submissions at a time; one JSON line each on stdout."""
     _not_dumpable()
-    zygote, control = _start_zygote(workdir)
+    zygote, control = _start_zygote()
     from dlbook.grading.batch import load_tests
 
     tests, hidden = load_tests(set_id, extra)
@@ -282,8 +294,12 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
             elif now > sub.deadline and sub.sub_pid:
                 sub.timed_out = True
                 finish(sub, None)
-    zygote.kill()
-    zygote.wait()
+    kill_group(zygote)
+    try:
+        os.kill(zygote, signal.SIGKILL)
+        os.waitpid(zygote, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _drain(sub: _Submission) -> None:
