@@ -183,6 +183,8 @@ def _status(code: int | None, timed_out: bool, done: bool, timeout: float) -> st
         return f"timeout after {fmt_points(timeout)} s"
     if code == 0 and done:
         return "ok"
+    if code == 71:  # dlbook.grading.sandbox.NO_SANDBOX_EXIT
+        return "not run (no sandbox: --isolation require)"
     if code is not None and code < 0:
         try:
             name = signal.Signals(-code).name
@@ -286,10 +288,12 @@ def grade_submissions(set_id: str, paths: list[Path], tests, hidden: frozenset, 
             for k, i in enumerate(runnable):
                 grades[i] = _collect(paths[i].stem, set_id, tests, hidden, reports.get(k), timeout, log,
                                      str(Path(work) / str(k)))
-    weaker = sorted({g.isolation for g in grades.values() if g.isolation.startswith("rlimits")})
+    weaker = sorted({g.isolation for g in grades.values() if g.isolation.startswith(("rlimits", "not run: a sandbox"))})
     if weaker:
-        print(f"dlbook-grade: graded with resource limits alone, without a sandbox: {weaker[0]} "
-              f"(see 'isolation' in each student's JSON and book/instructors.md)", file=sys.stderr)
+        what = "submissions were not run" if weaker[0].startswith("not run") else \
+            "graded with resource limits alone, without a sandbox"
+        print(f"dlbook-grade: {what}: {weaker[0]} (see 'isolation' in each student's JSON and "
+              f"book/instructors.md)", file=sys.stderr)
     return [grades[i] for i in range(len(paths))]
 
 
@@ -338,8 +342,8 @@ def grade_class(exercise: Path, submissions: list[Path], out: Path, extra_tests:
     tests, hidden = load_tests(set_id, extra)
     qids = question_ids(tests)
 
-    if isolation not in ("auto", "rlimits"):
-        raise ValueError(f"isolation must be 'auto' or 'rlimits', got {isolation!r}")
+    if isolation not in ("auto", "rlimits", "require"):
+        raise ValueError(f"isolation must be 'auto', 'rlimits' or 'require', got {isolation!r}")
     grades = grade_submissions(set_id, [Path(p) for p in submissions], tests, hidden, extra, timeout, cpu_seconds,
                                memory_mb, jobs, hide=[str(Path(out).resolve()), *map(str, extra_tests)],
                                isolation=isolation)

@@ -32,7 +32,7 @@ import sys
 import sysconfig
 import traceback
 
-__all__ = ["isolate", "serve", "set_limits", "zygote"]
+__all__ = ["isolate", "namespaces_available", "serve", "set_limits", "zygote"]
 
 # Linux constants (sched.h, mount.h)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -43,6 +43,7 @@ MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE, MS_RELATIME = \
 MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 38, 4, 1
 NOBODY = 65534
+NO_SANDBOX_EXIT = 71  # the exit code of a submission not run because no sandbox was possible (--isolation require)
 
 _exit = os._exit  # bound before any submitted code runs
 
@@ -197,6 +198,24 @@ def isolate(config: dict) -> tuple[str, dict]:
     return how, {"as_root": as_root, "uid": uid, "gid": gid}
 
 
+def namespaces_available() -> bool:
+    """Whether this machine lets a process enter the namespaces :func:`isolate` needs (tried in a forked child)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+    if os.geteuid() != 0:
+        flags |= CLONE_NEWUSER
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _Libc().call("unshare", flags)
+            _exit(0)
+        except BaseException:  # noqa: BLE001
+            _exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def _enter_pid1(libc: _Libc) -> None:
     """In the new PID namespace's first process: its own /proc."""
     libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -249,6 +268,11 @@ def run_submission(sock: socket.socket, config: dict) -> None:
             if os.environ.get("DLBOOK_SANDBOX_DEBUG"):
                 traceback.print_exc()
             isolation = f"rlimits only (no namespaces: {err.strerror or err})"
+    if how is None and config.get("require"):
+        try:
+            wire_send_refusal(sock, isolation)
+        finally:
+            _exit(NO_SANDBOX_EXIT)
     if how is None:
         os.makedirs(config["fallback_cwd"], exist_ok=True)
         os.chdir(config["fallback_cwd"])
@@ -281,6 +305,12 @@ def run_submission(sock: socket.socket, config: dict) -> None:
     _, status = os.waitpid(pid1, 0)
     text = os.read(status_r, 64)
     _mirror_exit(int(text) if text.strip().isdigit() else status)
+
+
+def wire_send_refusal(sock: socket.socket, isolation: str) -> None:
+    from dlbook.grading import wire
+
+    wire.send_frame(sock, {"hello": "not run: a sandbox was required; " + isolation})
 
 
 def _start(sock: socket.socket, config: dict, isolation: str, how) -> None:

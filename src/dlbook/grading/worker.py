@@ -1,7 +1,7 @@
 """The grading process (started by :mod:`dlbook.grading.batch`): runs the tests, never the submissions.
 
     python -m dlbook.grading.worker SET_ID WORKDIR NOTEBOOK... [--extra-tests X] [--jobs N] [--timeout S]
-                                    [--cpu S] [--memory-mb MB] [--hide PATH] [--isolation auto|rlimits]
+                                    [--cpu S] [--memory-mb MB] [--hide PATH] [--isolation auto|rlimits|require]
 
 This process imports torch, forks the *zygote* (:mod:`dlbook.grading.sandbox`, which imports IPython and never
 any test), and only then imports the set's tests and the instructor's hidden ones. For submission ``i`` it
@@ -208,7 +208,7 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
     os.makedirs(root, exist_ok=True)
     hidden_paths = sorted({os.path.realpath(p) for p in [workdir, *notebooks, *extra, *hide] if os.path.exists(p)})
     base_config = {"root": root, "hide": hidden_paths, "cpu": cpu, "memory_mb": memory_mb,
-                   "namespaces": isolation != "rlimits", "tmp_mb": 512}
+                   "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512}
 
     pending = list(enumerate(notebooks))
     running: dict[int, _Submission] = {}
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+")
     parser.add_argument("--extra-tests", action="append", default=[])
     parser.add_argument("--hide", action="append", default=[])
-    parser.add_argument("--isolation", choices=["auto", "rlimits"], default="auto")
+    parser.add_argument("--isolation", choices=["auto", "rlimits", "require"], default="auto")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--cpu", type=float, default=None)
