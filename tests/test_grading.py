@@ -643,25 +643,21 @@ def proxy_reports_the_learners_exception_by_name(ns):
 @question("q2", points=1)
 def proxy_stub_is_not_attempted(ns):
     """A name still bound to ... is not attempted."""
-    ns.stub
+    raise AssertionError(f"stub should be ..., got {ns.stub!r}")
 '''
 
 
-def test_the_proxy_serves_calls_handles_probes_mutations_and_errors(tmp_path):
-    """A submission's functions, classes, objects and probes, graded through the proxy (hidden tests here)."""
-    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-                     "source": PROXY_NOTEBOOK}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    (tmp_path / "learner.ipynb").write_text(json.dumps(nb))
-    (tmp_path / "proxy_tests.py").write_text(PROXY_TESTS)
-    tests, hidden = load_tests("00_preliminaries", [str(tmp_path / "proxy_tests.py")])
-    (grade,) = grade_submissions("00_preliminaries", [tmp_path / "learner.ipynb"], tests, hidden,
-                                 extra=[str(tmp_path / "proxy_tests.py")], timeout=60)
-    rows = {t["name"]: t for q in grade.questions for t in q["tests"]}
+def test_e_the_proxy_serves_calls_handles_probes_mutations_and_errors(adversarial_class):
+    """A submission's functions, classes, objects and probes, graded through the proxy (the hidden tests in
+    PROXY_TESTS, graded with the adversarial class to save a start-up)."""
+    out, _ = adversarial_class
+    grade = _student(out, "proxy_learner")
+    rows = {t["name"]: t for q in grade["questions"] for t in q["tests"]}
     for name in ("proxy_calls_classes_methods_and_attributes", "proxy_probes_run_autograd_and_training",
                  "proxy_mirrors_in_place_changes_and_generator_draws", "proxy_reports_the_learners_exception_by_name"):
         assert rows[name]["status"] == "pass", rows[name]
     assert rows["proxy_stub_is_not_attempted"]["status"] == "not attempted"
-    assert grade.status == "ok" and grade.cell_errors == []
+    assert grade["status"] == "ok" and grade["cell_errors"] == []
 
 
 def test_probes_run_in_process_for_the_learners_check():
@@ -698,6 +694,7 @@ adv_read_hidden,0,0,0,0,0,ok
 adv_replace_functions,0,0,0,0,0,ok
 correct,3,5,4,3,15,ok
 partly_wrong,1,2,1,0,4,ok
+proxy_learner,4,0,0,0,4,ok
 """
 
 
@@ -724,6 +721,10 @@ def _produce_adversarial_class(folder: Path) -> None:
     for path in [*ADVERSARIAL.glob("*.ipynb"), FIXTURES / "correct.ipynb", FIXTURES / "partly_wrong.ipynb"]:
         (subs / path.name).write_bytes(path.read_bytes())
     (folder / "hidden_tests.py").write_bytes((FIXTURES / "hidden_tests.py").read_bytes())
+    (folder / "proxy_tests.py").write_text(PROXY_TESTS)
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                     "source": PROXY_NOTEBOOK}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (subs / "proxy_learner.ipynb").write_text(json.dumps(nb))
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs.iterdir()}
     accepted: list = []
     listener = socket.socket()
@@ -744,7 +745,8 @@ def _produce_adversarial_class(folder: Path) -> None:
     thread.start()
     try:
         args = ["grade", str(ROOT / "exercises" / "00_preliminaries.ipynb"), *map(str, sorted(subs.iterdir())),
-                "--out", str(folder / "out"), "--extra-tests", str(folder / "hidden_tests.py"), "--timeout", "60",
+                "--out", str(folder / "out"), "--extra-tests", str(folder / "hidden_tests.py"),
+                "--extra-tests", str(folder / "proxy_tests.py"), "--timeout", "60",
                 "--jobs", "2", "--isolation", "require"]
         proc = subprocess.run([sys.executable, "-m", "dlbook.grading", *args], capture_output=True, text=True,
                               timeout=600)
@@ -776,7 +778,8 @@ def adversarial_class(tmp_path_factory):
 
 def test_e_adversarial_submissions_earn_nothing_they_did_not_answer(adversarial_class):
     """Each attack earns 0 (adv_huge_answer earns q4, which it answers correctly); correct and partly_wrong,
-    graded in the same run with --jobs 2, keep exactly their grades; every submission ran in the sandbox."""
+    graded in the same run with --jobs 2, keep exactly their grades (the proxy tests add rows they do not
+    answer); every submission ran in the sandbox."""
     out, facts = adversarial_class
     assert facts["returncode"] == 0, facts["stderr"]
     assert facts["stdout"].strip() == EXPECTED_ADVERSARIAL_CSV.strip()
@@ -793,14 +796,16 @@ def test_e_no_attack_reached_outside_its_sandbox(adversarial_class):
     errors = [e for path in out.glob("adv_*.json") for e in _student(out, path.stem)["cell_errors"]]
     assert not [e for e in errors if any(word in e for word in ("LEAKED", "WROTE", "CONNECTED"))], errors
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["grades.csv"] + [f"{p.stem}.json" for p in ADVERSARIAL.glob("*.ipynb")] + ["correct.json", "partly_wrong.json"])
+        ["grades.csv"] + [f"{p.stem}.json" for p in ADVERSARIAL.glob("*.ipynb")]
+        + ["correct.json", "partly_wrong.json", "proxy_learner.json"])
 
 
 def test_e_lying_and_oversized_answers_fail_only_their_own_test(adversarial_class):
     """Lying objects never reach the grader as anything but data or an opaque handle; oversized and deeply
     nested answers fail their test with a WireError and the next test still runs."""
     out, _ = adversarial_class
-    liar = {t["name"]: t for q in _student(out, "adv_lying_answers")["questions"] for t in q["tests"]}
+    liar = {t["name"]: t for q in _student(out, "adv_lying_answers")["questions"] for t in q["tests"]
+            if not t["name"].startswith("proxy_")}
     assert {t["status"] for t in liar.values()} <= {"fail", "error"}
     huge = {t["name"]: t for q in _student(out, "adv_huge_answer")["questions"] for t in q["tests"]}
     assert "over the limit" in huge["sigmoid_matches_torch"]["message"]

@@ -101,6 +101,9 @@ class RemoteNamespace:
             self._channel.request({"op": "begin", "seed": self._seed})
         header = dict(header, seconds=max(0.01, self._deadline - time.monotonic()))
         answer, got = self._channel.request(header, list(blobs))
+        if sum(key in answer for key in ("value", "missing", "raised", "unsendable", "timeout")) != 1:
+            raise wire.WireError("a malformed answer (not exactly one of value, missing, raised, unsendable, "
+                                 "timeout)")
         if answer.get("timeout"):
             raise TestTimeout()
         if "raised" in answer:

@@ -88,7 +88,9 @@ def grade_notebook(notebook: str, channel, tests, hidden: frozenset, emit) -> No
         try:
             answer, _ = channel.request({"op": "run", "source": source})
         except wire.WireError as err:
-            answer = {"error": ["ProtocolError", str(err)]}
+            answer = {"ran": True, "error": ["ProtocolError", str(err)]}
+        if answer.get("ran") is not True:
+            answer = {"error": ["ProtocolError", "the answer to 'run this cell' was malformed"]}
         error = answer.get("error")
         if isinstance(error, list) and len(error) == 2:
             name, message = (_ADDRESS.sub("", str(x))[:500] for x in error)
