@@ -681,6 +681,7 @@ LISTEN_PORT = 47311  # adv_network connects here
 
 EXPECTED_ADVERSARIAL_CSV = """\
 student,q1,q2,q3,q4,total,status
+adv_escape_sandbox,0,0,0,0,0,ok
 adv_forge_files,0,0,0,0,0,ok
 adv_gc_inspect,0,0,0,0,0,ok
 adv_huge_answer,0,0,0,3,3,ok
@@ -789,12 +790,12 @@ def test_e_adversarial_submissions_earn_nothing_they_did_not_answer(adversarial_
 
 
 def test_e_no_attack_reached_outside_its_sandbox(adversarial_class):
-    """No forged or damaged file (the submissions are byte-identical afterwards), no leaked hidden test, no
-    connection to the listener on 127.0.0.1, no process left behind."""
+    """No forged or damaged file (the submissions are byte-identical afterwards), no leaked hidden test, no escape
+    from the sandbox, no connection to the listener on 127.0.0.1, no process left behind."""
     out, facts = adversarial_class
     assert facts["unchanged"] and facts["connections"] == 0 and facts["leftovers"] == []
     errors = [e for path in out.glob("adv_*.json") for e in _student(out, path.stem)["cell_errors"]]
-    assert not [e for e in errors if any(word in e for word in ("LEAKED", "WROTE", "CONNECTED"))], errors
+    assert not [e for e in errors if any(word in e for word in ("LEAKED", "WROTE", "CONNECTED", "ESCAPED"))], errors
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["grades.csv"] + [f"{p.stem}.json" for p in ADVERSARIAL.glob("*.ipynb")]
         + ["correct.json", "partly_wrong.json", "proxy_learner.json"])

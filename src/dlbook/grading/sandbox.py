@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import platform
 import resource
 import select
 import signal
@@ -41,6 +42,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE, MS_RELATIME = \
     1024, 2048, 4096, 8192, 16384, 1 << 18, 1 << 21
 MNT_DETACH = 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 38, 4, 1
 NOBODY = 65534
 NO_SANDBOX_EXIT = 71  # the exit code of a submission not run because no sandbox was possible (--isolation require)
@@ -83,6 +85,14 @@ class _Libc:
     def mount(self, source, target, fstype, flags, data=None):
         enc = (lambda s: None if s is None else s.encode())
         self.call("mount", enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+
+    def pivot_root(self, new_root: str, put_old: str):
+        number = _PIVOT_ROOT.get(platform.machine())
+        if number is None:
+            raise OSError(0, "pivot_root: unknown architecture")
+        if self.lib.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pivot_root: {os.strerror(err)}")
 
     def prctl(self, option: int, value: int):
         self.call("prctl", option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
@@ -167,17 +177,25 @@ def _build_root(libc: _Libc, root: str, hide: list[str], tmp_mb: int) -> None:
     os.makedirs(root + "/tmp", exist_ok=True)
     libc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_mb}m")
     os.makedirs(root + "/proc", exist_ok=True)
+    # Mounted from PID 1 of the new PID namespace, before the old root goes (a user namespace may mount a
+    # proc only while another one is visible).
+    libc.mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     libc.mount(None, root, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(root)
-    libc.mount(root, "/", None, MS_MOVE)
-    os.chroot(".")
+    try:  # the new root becomes /, and the old one leaves this mount namespace for good
+        libc.pivot_root(".", ".")
+        libc.call("umount2", b".", ctypes.c_int(MNT_DETACH))
+    except OSError:  # no pivot_root here (an initramfs root, an unknown architecture): move and chroot
+        libc.mount(root, "/", None, MS_MOVE)
+        os.chroot(".")
     os.chdir("/")
 
 
 def isolate(config: dict) -> tuple[str, dict]:
-    """Enter the namespaces and the new root; return (isolation description, what the caller must do next).
+    """Enter the namespaces; return (isolation description, what the caller must do next).
 
-    On success the caller is still outside the new PID namespace: it must fork (the child is PID 1 there).
+    On success the caller is still outside the new PID namespace: it must fork; the child, PID 1 there, builds
+    the new root (:func:`_build_root`, which needs the new PID namespace for its ``/proc``).
     Raises OSError when the platform refuses; the caller then grades with the limits alone.
     """
     if not sys.platform.startswith("linux"):
@@ -185,14 +203,14 @@ def isolate(config: dict) -> tuple[str, dict]:
     libc = _Libc()
     uid, gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-    as_root = os.geteuid() == 0
+    # DLBOOK_SANDBOX_USERNS=1 takes the unprivileged path (a user namespace) even as root: for testing it.
+    as_root = os.geteuid() == 0 and not os.environ.get("DLBOOK_SANDBOX_USERNS")
     libc.call("unshare", flags if as_root else flags | CLONE_NEWUSER)
     if not as_root:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"0 {uid} 1")
         _write("/proc/self/gid_map", f"0 {gid} 1")
     libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _build_root(libc, config["root"], config.get("hide", []), int(config.get("tmp_mb", 512)))
     how = "namespaces (mount, network, pid, ipc, uts" + ("" if as_root else ", user") + \
           "); read-only system folders; private /tmp; no network; user " + ("nobody" if as_root else "unprivileged")
     return how, {"as_root": as_root, "uid": uid, "gid": gid}
@@ -214,11 +232,6 @@ def namespaces_available() -> bool:
             _exit(1)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
-
-
-def _enter_pid1(libc: _Libc) -> None:
-    """In the new PID namespace's first process: its own /proc."""
-    libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def _drop_privileges(libc: _Libc, as_root: bool) -> None:
@@ -279,12 +292,22 @@ def run_submission(sock: socket.socket, config: dict) -> None:
         _start(sock, config, isolation, None)
     libc = _Libc()
     status_r, status_w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid1 = os.fork()
-    if pid1 == 0:  # PID 1 of the new namespace: reap, and report the submission's status
+    if pid1 == 0:  # PID 1 of the new namespace: build the root, reap, report the submission's status
         os.close(status_r)
+        os.close(ready_r)
         try:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            _enter_pid1(libc)
+            try:
+                _build_root(libc, config["root"], config.get("hide", []), int(config.get("tmp_mb", 512)))
+            except OSError as err:
+                if os.environ.get("DLBOOK_SANDBOX_DEBUG"):
+                    traceback.print_exc()
+                os.write(ready_w, f"no root: {err.strerror or err}"[:200].encode())
+                _exit(0)
+            os.write(ready_w, b"ok")
+            os.close(ready_w)
             worker = os.fork()
             if worker == 0:
                 os.close(status_w)
@@ -300,8 +323,21 @@ def run_submission(sock: socket.socket, config: dict) -> None:
             if os.environ.get("DLBOOK_SANDBOX_DEBUG"):
                 traceback.print_exc()
             _exit(70)
-    sock.close()
     os.close(status_w)
+    os.close(ready_w)
+    ready = os.read(ready_r, 256).decode(errors="replace")
+    if ready != "ok":  # the namespaces exist but the new root could not be built: the limits alone
+        os.waitpid(pid1, 0)
+        isolation = f"rlimits only (no sandbox: {ready or 'its first process failed'})"
+        if config.get("require"):
+            try:
+                wire_send_refusal(sock, isolation)
+            finally:
+                _exit(NO_SANDBOX_EXIT)
+        os.makedirs(config["fallback_cwd"], exist_ok=True)
+        os.chdir(config["fallback_cwd"])
+        _start(sock, config, isolation, None)
+    sock.close()
     _, status = os.waitpid(pid1, 0)
     text = os.read(status_r, 64)
     _mirror_exit(int(text) if text.strip().isdigit() else status)
