@@ -54,7 +54,10 @@ _exit = os._exit  # bound before any submitted code runs
 
 
 def set_limits(cpu_seconds: float | None, memory_mb: int | None) -> None:
-    """CPU seconds (SIGXCPU, then SIGKILL one second later), address space in MiB, no core files."""
+    """CPU seconds (SIGXCPU, then SIGKILL one second later), address space in MiB, no core files.
+
+    A limit the platform refuses (macOS does not enforce RLIMIT_AS) is skipped, not fatal.
+    """
     if cpu_seconds:
         soft = max(1, int(cpu_seconds))
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -64,8 +67,14 @@ def set_limits(cpu_seconds: float | None, memory_mb: int | None) -> None:
         value = int(memory_mb) * 1024 * 1024
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         new_hard = value if hard == resource.RLIM_INFINITY else min(hard, value)
-        resource.setrlimit(resource.RLIMIT_AS, (min(value, new_hard), new_hard))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (min(value, new_hard), new_hard))
+        except (ValueError, OSError):
+            pass
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------- isolation
@@ -265,8 +274,8 @@ def run_submission(sock: socket.socket, config: dict) -> None:
     """In the forked child: isolate (or not), limit, serve; never returns."""
     os.setpgid(0, 0)
     try:
-        _Libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # go when the zygote goes
-    except OSError:
+        _Libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # go when the zygote goes (Linux only)
+    except (OSError, AttributeError):
         pass
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2) if not os.environ.get("DLBOOK_SANDBOX_DEBUG") else (0, 1):
@@ -522,7 +531,7 @@ def _shell():
 # ---------------------------------------------------------------------------------------------- the zygote
 
 
-def zygote(control: socket.socket) -> None:
+def zygote(control: socket.socket, base_config: dict | None = None) -> None:
     """Fork a sandboxed child for each ``start`` message; report each child's exit; stop when the grader goes."""
     children: dict[int, int] = {}
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -541,7 +550,7 @@ def zygote(control: socket.socket) -> None:
             if pid == 0:
                 try:
                     control.close()
-                    run_submission(sock, message["config"])
+                    run_submission(sock, dict(base_config or {}, **message["config"]))
                 finally:
                     _exit(70)
             try:
@@ -563,7 +572,7 @@ def zygote(control: socket.socket) -> None:
                 control.send(json.dumps({"exited": index, "code": os.waitstatus_to_exitcode(status)}).encode())
 
 
-def main(control: socket.socket) -> None:
+def main(control: socket.socket, base_config: dict) -> None:
     """The zygote's life: import what a submission may need, then fork on request (see :func:`zygote`)."""
     import IPython.core.interactiveshell  # noqa: F401
     import numpy  # noqa: F401
@@ -578,4 +587,4 @@ def main(control: socket.socket) -> None:
     except (OSError, AttributeError):
         pass
     control.send(b'{"ready": true}')
-    zygote(control)
+    zygote(control, base_config)

@@ -143,9 +143,10 @@ def _grading_child(notebook: str, sock: socket.socket, out_fd: int, tests, hidde
 # ---------------------------------------------------------------------------------------------- the zygote
 
 
-def _start_zygote() -> tuple[int, socket.socket]:
+def _start_zygote(base_config: dict) -> tuple[int, socket.socket]:
     """Fork the zygote now, before any test is imported: it holds torch and nothing of the tests."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    kind = socket.SOCK_SEQPACKET if sys.platform.startswith("linux") else socket.SOCK_DGRAM  # keeps messages whole
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -160,7 +161,7 @@ def _start_zygote() -> tuple[int, socket.socket]:
             os.chdir("/")
             from dlbook.grading import sandbox
 
-            sandbox.main(theirs)
+            sandbox.main(theirs, base_config)
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
             code = 70
@@ -199,18 +200,18 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
           cpu: float | None, memory_mb: int | None, hide: list[str] = (), isolation: str = "auto") -> None:
     """Grade ``notebooks`` with at most ``jobs`` submissions at a time; one JSON line each on stdout."""
     _not_dumpable()
-    zygote, control = _start_zygote()
+    root = os.path.join(workdir, ".root")
+    os.makedirs(root, exist_ok=True)
+    hidden_paths = sorted({os.path.realpath(p) for p in [workdir, *notebooks, *extra, *hide] if os.path.exists(p)})
+    base_config = {"root": root, "hide": hidden_paths, "cpu": cpu, "memory_mb": memory_mb,
+                   "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512}
+    zygote, control = _start_zygote(base_config)  # it gets the paths to hide, never the tests
     from dlbook.grading.batch import load_tests
 
     tests, hidden = load_tests(set_id, extra)
     ready, _, _ = select.select([control], [], [], STARTUP_LIMIT_S)
     if not ready or json.loads(control.recv(1 << 16) or b"{}").get("ready") is not True:
         raise SystemExit("dlbook-grade: the sandbox process did not start")
-    root = os.path.join(workdir, ".root")
-    os.makedirs(root, exist_ok=True)
-    hidden_paths = sorted({os.path.realpath(p) for p in [workdir, *notebooks, *extra, *hide] if os.path.exists(p)})
-    base_config = {"root": root, "hide": hidden_paths, "cpu": cpu, "memory_mb": memory_mb,
-                   "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512}
 
     pending = list(enumerate(notebooks))
     running: dict[int, _Submission] = {}
@@ -237,7 +238,7 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
         while pending and len(running) < jobs:
             index, notebook = pending.pop(0)
             ours, theirs = socket.socketpair()
-            config = dict(base_config, fallback_cwd=os.path.join(workdir, str(index)))
+            config = {"fallback_cwd": os.path.join(workdir, str(index))}  # small: a datagram on macOS
             socket.send_fds(control, [json.dumps({"index": index, "config": config}).encode()], [theirs.fileno()])
             theirs.close()
             sub = _Submission(index, notebook, time.monotonic() + timeout)
