@@ -45,6 +45,7 @@ MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 38, 4, 1
 NOBODY = 65534
+MAX_PROCESSES = 512
 NO_SANDBOX_EXIT = 71  # the exit code of a submission not run because no sandbox was possible (--isolation require)
 
 _exit = os._exit  # bound before any submitted code runs
@@ -245,6 +246,9 @@ def namespaces_available() -> bool:
 
 def _drop_privileges(libc: _Libc, as_root: bool) -> None:
     if as_root:
+        # At most MAX_PROCESSES processes of user nobody at once (a fork bomb stops there; the PID namespace
+        # ends whatever is left when the submission ends).
+        resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
