@@ -227,20 +227,23 @@ def isolate(config: dict) -> tuple[str, dict]:
 
 
 def namespaces_available() -> bool:
-    """Whether this machine lets a process enter the namespaces :func:`isolate` needs (tried in a forked child)."""
+    """Whether this machine lets a process enter the namespaces :func:`isolate` needs and mount in them (tried in a
+    forked child: some systems allow a user namespace but no mount in it, e.g. Ubuntu's AppArmor restriction)."""
     if not sys.platform.startswith("linux"):
         return False
-    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-    if os.geteuid() != 0:
-        flags |= CLONE_NEWUSER
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="dlbook-ns-")
     pid = os.fork()
     if pid == 0:
         try:
-            _Libc().call("unshare", flags)
+            isolate({})
+            _Libc().mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k")
             _exit(0)
         except BaseException:  # noqa: BLE001
             _exit(1)
     _, status = os.waitpid(pid, 0)
+    os.rmdir(folder)
     return os.waitstatus_to_exitcode(status) == 0
 
 
