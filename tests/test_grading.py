@@ -9,7 +9,11 @@ module-scoped fixtures, so each class is graded once per run (twice for (d)).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -489,3 +493,336 @@ def test_exercises_page_has_a_section_with_the_colab_link_of_every_set(set_id):
     number, slug = set_id.split("_", 1)
     assert f"\n### {number} · " in page, f"exercises/index.md needs a section '### {number} · Title' for {set_id}"
     assert f"({colab_url(set_id)})" in page
+
+
+# ---------------------------------------------------------------------------------------------- the wire format
+
+
+def _roundtrip(value):
+    from dlbook.grading import wire
+
+    blobs: list = []
+    return wire.decode(wire.encode(value, blobs), blobs)
+
+
+def test_wire_round_trips_data_exactly():
+    """Tensors (any dtype, requires_grad, 0-d, empty), arrays, numbers, strings, ..., containers and
+    generators come back equal, and as the plain types (never a subclass of the sender's)."""
+    g = torch.Generator().manual_seed(3)
+    value = {"x": torch.randn(3, 4, dtype=torch.float64), "b": torch.tensor([True, False]), "s": torch.tensor(2.5),
+             "e": torch.empty(0, 3), "h": torch.ones(2, dtype=torch.bfloat16), (1, "k"): [1, 2.5, float("nan"), None],
+             "a": np.arange(6).reshape(2, 3), "dots": ..., "big": 2**70, "t": (torch.float32, torch.device("cpu")),
+             "g": g, "p": torch.nn.Parameter(torch.ones(2))}
+    back = _roundtrip(value)
+    for key in ("x", "b", "s", "e", "h"):
+        assert type(back[key]) is torch.Tensor and torch.equal(back[key], value[key]), key
+    assert back[(1, "k")][:2] == [1, 2.5] and math.isnan(back[(1, "k")][2]) and back[(1, "k")][3] is None
+    assert np.array_equal(back["a"], value["a"]) and back["dots"] is Ellipsis and back["big"] == 2**70
+    assert back["t"] == (torch.float32, torch.device("cpu"))
+    assert torch.equal(back["g"].get_state(), g.get_state()) and type(back["p"]) is torch.Tensor
+
+
+@pytest.mark.parametrize("header, match", [
+    ('{"value": ' + "[" * 40 + "]" * 40 + "}", "deeper"),
+    ('{"value": [' + ",".join(["1"] * 200_001) + "]}", "more than"),
+    ('{"value": {"t": "pickle", "v": "..."}}', "unknown value tag"),
+    ('{"value": {"t": "tensor", "dtype": "float64", "shape": [3], "blob": 0}}', "missing blob"),
+    ('{"value": {"t": "tensor", "dtype": "object", "shape": [1], "blob": 0}}', "unknown dtype"),
+    ('{"value": {"t": "function", "v": "os:system"}}', "unknown value tag"),
+])
+def test_wire_rejects_what_breaks_its_rules(header, match):
+    """Deep nesting, too many values, unknown tags (pickle, functions sent to the grader) and broken tensors
+    raise WireError, never anything else."""
+    from dlbook.grading import wire
+
+    obj = json.loads(header)
+    with pytest.raises(wire.WireError, match=match):
+        wire.decode(obj["value"], [])
+
+
+def test_wire_drops_an_oversized_answer_and_stays_in_step():
+    """An answer over the frame limit is read and thrown away (WireError); the next frame still reads."""
+    import socket
+    import threading
+
+    from dlbook.grading import wire
+
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=lambda: (wire.send_frame(a, {"n": 1}, [b"x" * 3_000_000]),
+                                              wire.send_frame(a, {"n": 2})))
+    sender.start()
+    with pytest.raises(wire.WireError, match="over the limit"):
+        wire.read_frame(b, limit=1_000_000)
+    assert wire.read_frame(b)[0]["n"] == 2
+    sender.join()
+    a.sendall(b"NOPE" + b"\0" * 4)
+    with pytest.raises(wire.WireError, match="magic"):
+        wire.read_frame(b)
+
+
+# ---------------------------------------------------------------------------------------------- the proxy
+
+
+PROXY_NOTEBOOK = '''
+import torch
+from torch import nn
+
+def cube(x):
+    return x ** 3
+
+def bump_in_place(t):
+    t.add_(1)
+    return None
+
+def draw(n, generator):
+    return torch.randperm(n, generator=generator)
+
+def fails():
+    raise KeyError("no such key")
+
+class Scale(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((n,), 2.0, dtype=torch.float64))
+    def forward(self, x):
+        return x * self.weight
+    def describe(self):
+        return {"n": self.weight.numel(), "kind": "scale"}
+
+stub = ...
+'''
+
+PROXY_TESTS = '''
+import torch
+from dlbook.grading import NotAttempted, assert_close, probes, question
+
+@question("q1", points=1)
+def proxy_calls_classes_methods_and_attributes(ns):
+    """A learner's class is built, called, asked for a method's result and an attribute."""
+    m = ns.Scale(3)
+    x = torch.arange(3, dtype=torch.float64)
+    assert_close(m(x), 2 * x)
+    assert m.describe() == {"n": 3, "kind": "scale"}
+    assert_close(m.weight, torch.full((3,), 2.0, dtype=torch.float64))
+    assert "Scale" in ns and "nothing" not in ns
+
+@question("q1", points=1)
+def proxy_probes_run_autograd_and_training(ns):
+    """probes.grad, module_grads, state_dict, load_state_dict and train return data computed on the other side."""
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    out, (dx,) = probes.grad(ns.cube, x)
+    assert_close(out, x ** 3) and assert_close(dx, 3 * x ** 2)
+    m = ns.Scale(5)
+    out, grads = probes.module_grads(m, x)
+    assert_close(grads["weight"], x)
+    probes.load_state_dict(m, {"weight": torch.ones(5, dtype=torch.float64)})
+    assert_close(probes.state_dict(m)["weight"], torch.ones(5, dtype=torch.float64))
+    losses, state = probes.train(m, x, torch.zeros(5, dtype=torch.float64), loss="mse", lr=0.1, steps=3)
+    assert len(losses) == 3 and losses[0] > losses[-1] and state["weight"].shape == (5,)
+
+@question("q1", points=1)
+def proxy_mirrors_in_place_changes_and_generator_draws(ns):
+    """An argument changed in place, and a generator drawn from, change in the test as they would in-process."""
+    t = torch.zeros(3)
+    ns.bump_in_place(t)
+    assert torch.equal(t, torch.ones(3))
+    g, h = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    first, second = ns.draw(10, g), ns.draw(10, g)
+    assert torch.equal(first, torch.randperm(10, generator=h)) and torch.equal(second, torch.randperm(10, generator=h))
+
+@question("q1", points=1)
+def proxy_reports_the_learners_exception_by_name(ns):
+    """A learner's exception arrives with its class name and message."""
+    try:
+        ns.fails()
+    except Exception as err:
+        assert type(err).__name__ == "KeyError" and "no such key" in str(err)
+    else:
+        raise AssertionError("no exception")
+
+@question("q2", points=1)
+def proxy_stub_is_not_attempted(ns):
+    """A name still bound to ... is not attempted."""
+    raise AssertionError(f"stub should be ..., got {ns.stub!r}")
+'''
+
+
+def test_e_the_proxy_serves_calls_handles_probes_mutations_and_errors(adversarial_class):
+    """A submission's functions, classes, objects and probes, graded through the proxy (the hidden tests in
+    PROXY_TESTS, graded with the adversarial class to save a start-up)."""
+    out, _ = adversarial_class
+    grade = _student(out, "proxy_learner")
+    rows = {t["name"]: t for q in grade["questions"] for t in q["tests"]}
+    for name in ("proxy_calls_classes_methods_and_attributes", "proxy_probes_run_autograd_and_training",
+                 "proxy_mirrors_in_place_changes_and_generator_draws", "proxy_reports_the_learners_exception_by_name"):
+        assert rows[name]["status"] == "pass", rows[name]
+    assert rows["proxy_stub_is_not_attempted"]["status"] == "not attempted"
+    assert grade["status"] == "ok" and grade["cell_errors"] == []
+
+
+def test_probes_run_in_process_for_the_learners_check():
+    """The same probes work on local objects (the learner's own check()), with the same results."""
+    from dlbook.grading import probes
+
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    out, (dx,) = probes.grad(lambda t: t ** 3, x)
+    assert torch.allclose(dx, 3 * x ** 2)
+    lin = torch.nn.Linear(5, 1, dtype=torch.float64)
+    _, grads = probes.module_grads(lin, x[None])
+    assert torch.allclose(grads["weight"], x[None]) and torch.allclose(grads["bias"], torch.ones(1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        probes.train(lin, x[None], torch.zeros(1, 1), loss="hinge")
+
+
+# ---------------------------------------------------------------------------------------------- adversarial class
+
+ADVERSARIAL = FIXTURES / "adversarial"
+LISTEN_PORT = 47311  # adv_network connects here
+
+EXPECTED_ADVERSARIAL_CSV = """\
+student,q1,q2,q3,q4,total,status
+adv_escape_sandbox,0,0,0,0,0,ok
+adv_forge_files,0,0,0,0,0,ok
+adv_gc_inspect,0,0,0,0,0,ok
+adv_huge_answer,0,0,0,3,3,ok
+adv_kill_grader,0,0,0,0,0,ok
+adv_leave_process,0,0,0,0,0,ok
+adv_lying_answers,0,0,0,0,0,ok
+adv_network,0,0,0,0,0,ok
+adv_overwrite_others,0,0,0,0,0,ok
+adv_print_results,0,0,0,0,0,ok
+adv_read_hidden,0,0,0,0,0,ok
+adv_replace_functions,0,0,0,0,0,ok
+correct,3,5,4,3,15,ok
+partly_wrong,1,2,1,0,4,ok
+proxy_learner,4,0,0,0,4,ok
+"""
+
+
+def _leftover_sleeps() -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[:1] == [b"sleep"] and args[1:2] in ([b"307.25"], [b"307.5"]):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _produce_adversarial_class(folder: Path) -> None:
+    """Grade copies of the adversarial fixtures with correct and partly_wrong, --jobs 2, sandbox required."""
+    import hashlib
+    import socket
+    import threading
+
+    subs = folder / "submissions"
+    subs.mkdir()
+    for path in [*ADVERSARIAL.glob("*.ipynb"), FIXTURES / "correct.ipynb", FIXTURES / "partly_wrong.ipynb"]:
+        (subs / path.name).write_bytes(path.read_bytes())
+    (folder / "hidden_tests.py").write_bytes((FIXTURES / "hidden_tests.py").read_bytes())
+    (folder / "proxy_tests.py").write_text(PROXY_TESTS)
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                     "source": PROXY_NOTEBOOK}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (subs / "proxy_learner.ipynb").write_text(json.dumps(nb))
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs.iterdir()}
+    accepted: list = []
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", LISTEN_PORT))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def listen():
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept())
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        args = ["grade", str(ROOT / "exercises" / "00_preliminaries.ipynb"), *map(str, sorted(subs.iterdir())),
+                "--out", str(folder / "out"), "--extra-tests", str(folder / "hidden_tests.py"),
+                "--extra-tests", str(folder / "proxy_tests.py"), "--timeout", "60",
+                "--jobs", "2", "--isolation", "require"]
+        proc = subprocess.run([sys.executable, "-m", "dlbook.grading", *args], capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs.iterdir()}
+    leftovers = _leftover_sleeps()
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    (folder / "facts.json").write_text(json.dumps({
+        "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr[-3000:],
+        "connections": len(accepted), "unchanged": before == after, "leftovers": leftovers}))
+
+
+@pytest.fixture(scope="session")
+def adversarial_class(tmp_path_factory):
+    """The adversarial class graded once (see _produce_adversarial_class): (output folder, facts)."""
+    from dlbook.grading.sandbox import namespaces_available
+
+    if not namespaces_available():
+        pytest.skip("no namespaces on this machine: the adversarial class runs only inside the sandbox "
+                    "(without it, some of these attacks would work; book/instructors.md says which)")
+    folder = _once(tmp_path_factory, "adversarial-class", _produce_adversarial_class)
+    return folder / "out", json.loads((folder / "facts.json").read_text())
+
+
+def test_e_adversarial_submissions_earn_nothing_they_did_not_answer(adversarial_class):
+    """Each attack earns 0 (adv_huge_answer earns q4, which it answers correctly); correct and partly_wrong,
+    graded in the same run with --jobs 2, keep exactly their grades (the proxy tests add rows they do not
+    answer); every submission ran in the sandbox."""
+    out, facts = adversarial_class
+    assert facts["returncode"] == 0, facts["stderr"]
+    assert facts["stdout"].strip() == EXPECTED_ADVERSARIAL_CSV.strip()
+    assert (out / "grades.csv").read_text() == EXPECTED_ADVERSARIAL_CSV
+    for path in out.glob("*.json"):
+        assert _student(out, path.stem)["isolation"].startswith("namespaces"), path.stem
+
+
+def test_e_no_attack_reached_outside_its_sandbox(adversarial_class):
+    """No forged or damaged file (the submissions are byte-identical afterwards), no leaked hidden test, no escape
+    from the sandbox, no connection to the listener on 127.0.0.1, no process left behind."""
+    out, facts = adversarial_class
+    assert facts["unchanged"] and facts["connections"] == 0 and facts["leftovers"] == []
+    errors = [e for path in out.glob("adv_*.json") for e in _student(out, path.stem)["cell_errors"]]
+    assert not [e for e in errors if any(word in e for word in ("LEAKED", "WROTE", "CONNECTED", "ESCAPED"))], errors
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["grades.csv"] + [f"{p.stem}.json" for p in ADVERSARIAL.glob("*.ipynb")]
+        + ["correct.json", "partly_wrong.json", "proxy_learner.json"])
+
+
+def test_e_lying_and_oversized_answers_fail_only_their_own_test(adversarial_class):
+    """Lying objects never reach the grader as anything but data or an opaque handle; oversized and deeply
+    nested answers fail their test with a WireError and the next test still runs."""
+    out, _ = adversarial_class
+    liar = {t["name"]: t for q in _student(out, "adv_lying_answers")["questions"] for t in q["tests"]
+            if not t["name"].startswith("proxy_")}
+    assert {t["status"] for t in liar.values()} <= {"fail", "error"}
+    huge = {t["name"]: t for q in _student(out, "adv_huge_answer")["questions"] for t in q["tests"]}
+    assert "over the limit" in huge["sigmoid_matches_torch"]["message"]
+    assert "nested deeper" in huge["sigmoid_grad_matches_autograd"]["message"]
+    assert "not JSON" in huge["bce_matches_torch"]["message"]
+    assert "more than" in huge["log_softmax_matches_torch"]["message"]
+    assert huge["mlp_forward_matches_sequential"]["status"] == "pass"
+
+
+def test_rlimits_only_grading_gives_the_same_grades_and_says_so(tmp_path, capfd):
+    """Without a sandbox (--isolation rlimits, as on a machine without namespaces) the grades are the same,
+    each JSON says so in `isolation`, and one line on stderr warns."""
+    tests, hidden = load_tests("00_preliminaries")
+    correct, blank = grade_submissions("00_preliminaries", [FIXTURES / "correct.ipynb", FIXTURES / "blank.ipynb"],
+                                       tests, hidden, timeout=60, jobs=2, isolation="rlimits")
+    assert (correct.total, blank.total, correct.status, blank.status) == (14, 0, "ok", "ok")
+    assert correct.isolation == blank.isolation == "rlimits only"
+    err = capfd.readouterr().err
+    assert err.count("graded with resource limits alone") == 1

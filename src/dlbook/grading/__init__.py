@@ -22,7 +22,10 @@ For instructors (see book/instructors.md)::
     python -m dlbook.grading grade exercises/00_preliminaries.ipynb submissions/*.ipynb --out grades/
 
 Importing this package binds the reference functions of torch and numpy
-(before any learner code runs), and imports nothing from Jupyter.
+(before any learner code runs), and imports nothing from Jupyter. Under the
+instructor's grader the tests run in the grading process and ``ns`` is a proxy
+to the submission's sandboxed process (dlbook.grading.proxy, .sandbox, .wire);
+tests that need autograd through learner code use dlbook.grading.probes.
 """
 
 from dlbook.grading import _references  # noqa: F401  (first: capture torch/numpy before anything else)

@@ -3,6 +3,7 @@
     python -m dlbook.grading generate [--check] [--root DIR]
     python -m dlbook.grading grade exercises/00_preliminaries.ipynb submissions/*.ipynb --out grades/
                                    [--extra-tests PATH_OR_MODULE] [--timeout S] [--cpu S] [--memory-mb MB] [--jobs N]
+                                   [--isolation auto|rlimits|require]
 
 See book/instructors.md for what each writes.
 """
@@ -43,7 +44,7 @@ def _grade(args) -> int:
     summary = grade_class(
         Path(args.exercise), [Path(p) for p in args.submissions], Path(args.out),
         extra_tests=args.extra_tests, timeout=args.timeout, cpu_seconds=args.cpu,
-        memory_mb=args.memory_mb, jobs=args.jobs,
+        memory_mb=args.memory_mb, jobs=args.jobs, isolation=args.isolation,
     )
     print(summary)
     return 0
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--memory-mb", type=int, default=8192,
                        help="address-space limit per submission in MiB (RLIMIT_AS; default 8192, 0 = none)")
     grade.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (default 1)")
+    grade.add_argument("--isolation", choices=["auto", "rlimits", "require"], default="auto",
+                       help="auto: a sandbox of Linux namespaces where the system allows one, else resource "
+                            "limits alone; rlimits: resource limits alone; require: never run a submission "
+                            "without the sandbox (default auto)")
     grade.set_defaults(run=_grade)
     return parser
 

@@ -13,8 +13,11 @@ numpy. Two defences follow from that:
   afterwards), so a test that calls ``torch.allclose`` or ``F.cross_entropy``
   directly gets the real one too.
 
-This is a defence against the easy cheat, not a sandbox: code that runs in the
-same process can always reach further (see book/instructors.md).
+In the learner's own ``check()`` this is a defence against the easy cheat only: code
+that runs in the same process can always reach further (a learner can only fool
+themselves there). The instructor's grader does not rely on it: it runs the tests in a
+process that never executes submitted code (see dlbook.grading.worker and
+book/instructors.md).
 """
 
 from __future__ import annotations

@@ -137,6 +137,7 @@ class StudentGrade:
     questions: list[dict]
     cell_errors: list[str]
     detail: str = ""
+    isolation: str = ""
 
     @property
     def total(self) -> float:
@@ -149,22 +150,8 @@ class StudentGrade:
     def to_json(self) -> str:
         data = {"student": self.student, "set": self.set_id, "status": self.status, "detail": self.detail,
                 "total": self.total, "max_total": self.max_total, "questions": self.questions,
-                "cell_errors": self.cell_errors}
+                "cell_errors": self.cell_errors, "isolation": self.isolation}
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def _read_stream(path: Path) -> list[dict]:
-    records = []
-    if not path.exists():
-        return records
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _ungraded_rows(tests, qid: str, why: str) -> dict:
@@ -196,6 +183,8 @@ def _status(code: int | None, timed_out: bool, done: bool, timeout: float) -> st
         return f"timeout after {fmt_points(timeout)} s"
     if code == 0 and done:
         return "ok"
+    if code == 71:  # dlbook.grading.sandbox.NO_SANDBOX_EXIT
+        return "not run (no sandbox: --isolation require)"
     if code is not None and code < 0:
         try:
             name = signal.Signals(-code).name
@@ -206,44 +195,50 @@ def _status(code: int | None, timed_out: bool, done: bool, timeout: float) -> st
 
 
 def _run_grader(set_id: str, paths: list[Path], work: Path, extra: list[str], timeout: float,
-                cpu_seconds: float | None, memory_mb: int | None, jobs: int) -> str:
-    """Start the grading process (dlbook.grading.worker) on ``paths``; return its stderr."""
+                cpu_seconds: float | None, memory_mb: int | None, jobs: int, hide: list[str],
+                isolation: str) -> tuple[dict[int, dict], str]:
+    """Run the grading process (dlbook.grading.worker) on ``paths``: ({index: its report}, its stderr)."""
     cmd = [sys.executable, "-m", "dlbook.grading.worker", set_id, str(work), *(str(p.resolve()) for p in paths),
-           "--jobs", str(jobs), "--timeout", str(timeout),
+           "--jobs", str(jobs), "--timeout", str(timeout), "--isolation", isolation,
            "--cpu", str(cpu_seconds if cpu_seconds else timeout + 10), "--memory-mb", str(memory_mb or 0)]
     for source in extra:
         cmd += ["--extra-tests", source]
-    env = dict(os.environ, MPLBACKEND="Agg", IPYTHONDIR=str(work / ".ipython"), PYTHONHASHSEED="0",
+    for path in hide:
+        cmd += ["--hide", str(path)]
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0",
                PYTHONPATH=os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])]),
                PYDEVD_DISABLE_FILE_VALIDATION="1")
     env.setdefault("OMP_NUM_THREADS", "1")
     rounds = -(-len(paths) // jobs)
     limit = STARTUP_LIMIT_S + rounds * (timeout + 30)
     with open(work / "grader.stderr", "w+b") as log:
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=log, start_new_session=True)
         try:
-            proc.wait(timeout=limit)
+            out, _ = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             kill_group(proc.pid)
-            proc.wait()
-        for pid_file in work.glob("*/pid"):  # children left behind by a grader that was stopped
-            if not (pid_file.parent / "exit.json").exists():
-                kill_group(int(pid_file.read_text()))
+            out, _ = proc.communicate()
+        kill_group(proc.pid)  # the sandbox process, should the grading process have stopped early
         log.seek(0)
-        return log.read().decode("utf-8", errors="replace")
+        reports = {}
+        for line in out.decode("utf-8", errors="replace").splitlines():
+            try:
+                report = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(report, dict) and isinstance(report.get("index"), int):
+                reports[report["index"]] = report
+        return reports, log.read().decode("utf-8", errors="replace")
 
 
-def _collect(student: str, set_id: str, tests, hidden: frozenset, folder: Path, timeout: float,
-             grader_log: str) -> StudentGrade:
-    """A submission's grade from what its child streamed into ``folder``."""
+def _collect(student: str, set_id: str, tests, hidden: frozenset, report: dict | None, timeout: float,
+             grader_log: str, folder: str = "") -> StudentGrade:
+    """A submission's grade from the grading process's report on it."""
     qids = question_ids(tests)
-    records = _read_stream(folder / "results.jsonl")
-    try:
-        exit_info = json.loads((folder / "exit.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        exit_info = None
-    if exit_info is None:
+    records = [r for r in (report or {}).get("records", []) if isinstance(r, dict)]
+    exit_info = (report or {}).get("exit")
+    if not isinstance(exit_info, dict):
         status = "crashed (the grading process stopped)"
         tail = grader_log.strip().splitlines()[-3:]
         print(f"dlbook-grade: {student}: the grading process stopped before this submission finished:\n  "
@@ -251,27 +246,26 @@ def _collect(student: str, set_id: str, tests, hidden: frozenset, folder: Path, 
     else:
         done = any(r.get("done") for r in records)
         status = _status(exit_info.get("code"), bool(exit_info.get("timed_out")), done, timeout)
-        if exit_info.get("code") == 70 and not records:
-            tail = (folder / "stderr").read_text(errors="replace").strip().splitlines()[-3:] \
-                if (folder / "stderr").exists() else []
-            print(f"dlbook-grade: {student}: the grader failed before running the submission:\n  "
-                  + "\n  ".join(tail), file=sys.stderr)
-    work = str(folder)
+        if exit_info.get("code") == 70 and not done:
+            tail = grader_log.strip().splitlines()[-3:]
+            print(f"dlbook-grade: {student}: the grader failed on this submission:\n  " + "\n  ".join(tail),
+                  file=sys.stderr)
 
-    def scrub(text: str) -> str:
-        return text.replace(os.path.realpath(work), "<tmp>").replace(work, "<tmp>")
+    def scrub(text: str) -> str:  # the rlimits-only working folder is a temporary one: keep reports reproducible
+        return text.replace(os.path.realpath(folder), "<tmp>").replace(folder, "<tmp>") if folder else text
 
     reported = {r["question"].get("question"): r["question"] for r in records if isinstance(r.get("question"), dict)}
     why = f"not graded: the submission stopped first ({status})"
     questions = [_trusted_question(tests, hidden, q, reported[q], scrub) if q in reported
                  else _ungraded_rows(tests, q, why) for q in qids]
     cell_errors = [scrub(str(r["cell_error"])) for r in records if "cell_error" in r]
-    return StudentGrade(student, set_id, status, questions, cell_errors)
+    isolation = next((str(r["isolation"]) for r in records if "isolation" in r), "not started")
+    return StudentGrade(student, set_id, status, questions, cell_errors, isolation=isolation)
 
 
 def grade_submissions(set_id: str, paths: list[Path], tests, hidden: frozenset, extra: list[str] = (),
                       timeout: float = 120, cpu_seconds: float | None = None, memory_mb: int | None = 8192,
-                      jobs: int = 1) -> list[StudentGrade]:
+                      jobs: int = 1, hide: list[str] = (), isolation: str = "auto") -> list[StudentGrade]:
     """Grade notebooks, each in a process of its own; never raises for anything a submission does.
 
     Returns one :class:`StudentGrade` per path, in order (the student is the file stem).
@@ -286,13 +280,20 @@ def grade_submissions(set_id: str, paths: list[Path], tests, hidden: frozenset, 
         else:
             grades[i] = StudentGrade(path.stem, set_id, "invalid notebook",
                                      [_ungraded_rows(tests, q, "the file is not a valid notebook")
-                                      for q in question_ids(tests)], [], detail=problem)
+                                      for q in question_ids(tests)], [], detail=problem, isolation="not run")
     if runnable:
         with tempfile.TemporaryDirectory(prefix="dlbook-grade-") as work:
-            log = _run_grader(set_id, [paths[i] for i in runnable], Path(work), list(extra), timeout,
-                              cpu_seconds, memory_mb, jobs)
+            reports, log = _run_grader(set_id, [paths[i] for i in runnable], Path(work), list(extra), timeout,
+                                       cpu_seconds, memory_mb, jobs, [*map(str, paths), *hide], isolation)
             for k, i in enumerate(runnable):
-                grades[i] = _collect(paths[i].stem, set_id, tests, hidden, Path(work) / str(k), timeout, log)
+                grades[i] = _collect(paths[i].stem, set_id, tests, hidden, reports.get(k), timeout, log,
+                                     str(Path(work) / str(k)))
+    weaker = sorted({g.isolation for g in grades.values() if g.isolation.startswith(("rlimits", "not run: a sandbox"))})
+    if weaker:
+        what = "submissions were not run" if weaker[0].startswith("not run") else \
+            "graded with resource limits alone, without a sandbox"
+        print(f"dlbook-grade: {what}: {weaker[0]} (see 'isolation' in each student's JSON and "
+              f"book/instructors.md)", file=sys.stderr)
     return [grades[i] for i in range(len(paths))]
 
 
@@ -314,7 +315,7 @@ def grades_csv(grades: list[StudentGrade], qids: list[str]) -> str:
 
 def grade_class(exercise: Path, submissions: list[Path], out: Path, extra_tests: list[str] = (),
                 timeout: float = 120, cpu_seconds: float | None = None, memory_mb: int | None = 8192,
-                jobs: int = 1) -> str:
+                jobs: int = 1, isolation: str = "auto") -> str:
     """Grade every submission of the set named by ``exercise`` (``exercises/NN_slug.ipynb``) into ``out``.
 
     Writes ``out/<student>.json`` per submission and ``out/grades.csv``; returns
@@ -341,8 +342,11 @@ def grade_class(exercise: Path, submissions: list[Path], out: Path, extra_tests:
     tests, hidden = load_tests(set_id, extra)
     qids = question_ids(tests)
 
+    if isolation not in ("auto", "rlimits", "require"):
+        raise ValueError(f"isolation must be 'auto', 'rlimits' or 'require', got {isolation!r}")
     grades = grade_submissions(set_id, [Path(p) for p in submissions], tests, hidden, extra, timeout, cpu_seconds,
-                               memory_mb, jobs)
+                               memory_mb, jobs, hide=[str(Path(out).resolve()), *map(str, extra_tests)],
+                               isolation=isolation)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,10 @@ class NotAttempted(Exception):
     """The learner has not written this part yet (a name is missing, ``...`` or raises NotImplementedError)."""
 
 
+class SubmissionGone(BaseException):
+    """The submission's process stopped or broke the protocol mid-test: the grader stops grading it."""
+
+
 class TestTimeout(BaseException):
     """Raised inside a test that ran past its timeout (a BaseException, so ``except Exception`` cannot swallow it)."""
 
@@ -268,13 +272,26 @@ def _fixed_random_state(seed: int = 0):
             np.random.set_state(np_state)
 
 
-def run_test(spec: TestSpec, fn: Callable, namespace: dict, hidden: bool = False) -> TestResult:
-    """Run one test against the learner's globals; never raises (but for KeyboardInterrupt)."""
+def run_test(spec: TestSpec, fn: Callable, namespace, hidden: bool = False) -> TestResult:
+    """Run one test against the learner's globals; never raises (but for KeyboardInterrupt and SubmissionGone).
+
+    ``namespace`` is the learner's globals (a dict, in the learner's own process) or, for the instructor's
+    grader, a :class:`dlbook.grading.proxy.Channel` to the submission's process.
+    """
     row = TestResult(spec.question, spec.name, spec.points, 0.0, "fail", hidden=hidden)
-    ns = Namespace(namespace)
+    if isinstance(namespace, dict):
+        ns, limit = Namespace(namespace), spec.timeout
+    else:
+        from dlbook.grading.proxy import GRACE_S, RemoteNamespace
+
+        ns, limit = RemoteNamespace(namespace, spec.timeout), spec.timeout + GRACE_S
     try:
-        with ref.clean_references(), _fixed_random_state(), _time_limit(spec.timeout):
-            fn(ns)
+        with ref.clean_references(), _fixed_random_state(), _time_limit(limit):
+            try:
+                fn(ns)
+            finally:
+                if not isinstance(ns, Namespace):
+                    ns._end()
     except TestTimeout:
         row.status, row.message = "timeout", f"took longer than {spec.timeout:g} s (an endless loop?)"
     except (NotAttempted, NotImplementedError) as err:
@@ -282,7 +299,7 @@ def run_test(spec: TestSpec, fn: Callable, namespace: dict, hidden: bool = False
         row.message = _describe(err) if isinstance(err, NotAttempted) else "still raises NotImplementedError"
     except AssertionError as err:
         row.status, row.message = "fail", _describe(err) or "wrong result"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SubmissionGone):
         raise
     except BaseException as err:  # the learner's code may raise anything, SystemExit included
         row.status, row.message = "error", f"raised {type(err).__name__}: {_describe(err)}".rstrip(": ")
@@ -292,7 +309,7 @@ def run_test(spec: TestSpec, fn: Callable, namespace: dict, hidden: bool = False
     return row
 
 
-def run_question(qid: str, tests: list[tuple[TestSpec, Callable]], namespace: dict,
+def run_question(qid: str, tests: list[tuple[TestSpec, Callable]], namespace,
                  hidden: frozenset = frozenset()) -> QuestionResult:
     """Run every test of question ``qid``; ``hidden`` holds the names of the instructor's hidden tests."""
     rows = [run_test(spec, fn, namespace, hidden=spec.name in hidden) for spec, fn in tests if spec.question == qid]

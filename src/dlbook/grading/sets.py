@@ -67,6 +67,11 @@ def checker(set_id: str, namespace: dict | None = None) -> tuple[Callable, Calla
     Neither function ever raises: a question whose code is still the stub
     shows "not attempted" and 0 points.
     """
+    if _GRADER_ACTIVE:  # in a submission's sandbox: the grader runs the tests, in its own process
+        def graded_elsewhere(*args, **kwargs) -> None:
+            print("check(): graded by the instructor's grader")
+
+        return graded_elsewhere, graded_elsewhere
     tests = collect_tests(load_set(set_id))
     ids = question_ids(tests)
     if namespace is None:

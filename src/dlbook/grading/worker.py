@@ -1,31 +1,23 @@
-"""The grading process: runs submissions, one forked child each (started by :mod:`dlbook.grading.batch`).
+"""The grading process (started by :mod:`dlbook.grading.batch`): runs the tests, never the submissions.
 
-    python -m dlbook.grading.worker SET_ID WORKDIR NOTEBOOK... [--extra-tests X] [--jobs N]
-                                    [--timeout S] [--cpu S] [--memory-mb MB]
+    python -m dlbook.grading.worker SET_ID WORKDIR NOTEBOOK... [--extra-tests X] [--jobs N] [--timeout S]
+                                    [--cpu S] [--memory-mb MB] [--hide PATH] [--isolation auto|rlimits|require]
 
-The process imports torch, dlbook.grading (which binds the reference
-functions of torch and numpy) and the set's tests, plus the instructor's
-hidden ones, once. Then, for submission ``i``, it forks a child that
+This process imports torch, forks the *zygote* (:mod:`dlbook.grading.sandbox`, which imports IPython and never
+any test), and only then imports the set's tests and the instructor's hidden ones. For submission ``i`` it
 
-1. starts a process group of its own and limits its CPU time and address
-   space (``resource.setrlimit``);
-2. runs the notebook's code cells in order in a fresh IPython shell (so ``%``
-   magics work), in the empty folder ``WORKDIR/i``; a cell that raises is
-   recorded and the next cell still runs;
-3. grades question ``qN`` right after the cell that calls ``check("qN")``, and
-   every question left at the end, appending each result to
-   ``WORKDIR/i/results.jsonl`` as one JSON line, flushed at once, so a later
-   hang or crash keeps what was graded.
+1. makes a socket pair and sends one end to the zygote, which forks the submission's sandboxed child;
+2. forks a *grading child* of its own with the other end. The grading child reads the notebook (as JSON, never
+   running it), asks the submission to run its code cells one at a time, and grades question ``qN`` right after
+   the cell that calls ``check("qN")`` (and every question left at the end) by running the tests here, with
+   ``ns`` a proxy (:mod:`dlbook.grading.proxy`). Each question's result goes to this process through a pipe as
+   soon as it is known, so a later hang or crash keeps it;
+3. kills the submission (its process group, and with it its PID namespace) when it runs past the wall-clock
+   timeout (counted from its start), and prints one JSON line per submission on stdout: the records and how
+   the submission ended (its exit code, reported by the zygote).
 
-This process kills a child that runs past its wall-clock timeout (counted from
-the fork, so importing torch is not the student's time) and writes
-``WORKDIR/i/exit.json``. Forking after the imports makes each submission cost
-a fraction of a second instead of a fresh interpreter's few seconds, while every
-submission still runs in a process of its own: its monkeypatches, crashes and
-``os._exit`` end with it.
-
-The submission's own ``check()`` calls print a note and run nothing: the
-child grades every question itself, whatever the notebook does with ``check``.
+No file the submission could write is read. This process and its grading children are not dumpable
+(``PR_SET_DUMPABLE``), so a process of the same user cannot attach to them or read their memory.
 """
 
 from __future__ import annotations
@@ -34,126 +26,22 @@ import argparse
 import json
 import os
 import re
-import resource
+import select
 import signal
+import socket
 import sys
 import time
 import traceback
 
 _CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z][A-Za-z0-9_.-]*)["']\s*\)""")
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
-
-
-def _limit(kind: int, value: int | None) -> None:
-    if value is None or value <= 0:
-        return
-    soft, hard = resource.getrlimit(kind)
-    new_hard = value if hard == resource.RLIM_INFINITY else min(hard, value)
-    resource.setrlimit(kind, (min(value, new_hard), new_hard))
-
-
-def set_limits(cpu_seconds: float | None, memory_mb: int | None) -> None:
-    """CPU seconds (SIGXCPU, then SIGKILL one second later) and address space in MiB."""
-    if cpu_seconds:
-        soft = max(1, int(cpu_seconds))
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        new_hard = soft + 1 if hard == resource.RLIM_INFINITY else min(hard, soft + 1)
-        resource.setrlimit(resource.RLIMIT_CPU, (min(soft, new_hard), new_hard))
-    if memory_mb:
-        _limit(resource.RLIMIT_AS, int(memory_mb) * 1024 * 1024)
+STARTUP_LIMIT_S = 300
+AFTER_DONE_S = 2.0  # how long a submission may take to leave after the grader is done with it
 
 
 def check_calls(source: str) -> list[str]:
     """The question ids a cell asks about with ``check("qN")``, in order."""
     return _CHECK_CALL.findall(source)
-
-
-def _shell():
-    """A quiet IPython shell with no history database (so nothing is written to the profile)."""
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    config = Config()
-    config.HistoryManager.enabled = False
-    return InteractiveShell.instance(config=config)
-
-
-class _Results:
-    """RESULTS: one JSON object per line, flushed after each (a killed process loses nothing written)."""
-
-    def __init__(self, path: str):
-        self._file = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-
-
-def grade_notebook(notebook: str, results_path: str, tests, hidden: frozenset) -> None:
-    """Run a submission's code cells and stream each question's result (in the child)."""
-    from dlbook.grading import sets
-    from dlbook.grading.core import run_question
-    from dlbook.grading.sets import question_ids
-
-    sets._GRADER_ACTIVE = True
-    results = _Results(results_path)
-    questions = question_ids(tests)
-    with open(notebook, encoding="utf-8") as f:
-        nb = json.load(f)
-    shell = _shell()
-    namespace = shell.user_ns
-    graded: set[str] = set()
-
-    def grade(qid: str) -> None:
-        result = run_question(qid, tests, namespace, hidden=hidden)
-        results.write({"question": result.to_dict()})
-        graded.add(qid)
-
-    code_cells = [c for c in nb["cells"] if c.get("cell_type") == "code"]
-    for number, cell in enumerate(code_cells, start=1):
-        source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else source
-        outcome = shell.run_cell(source, store_history=False)
-        error = outcome.error_before_exec or outcome.error_in_exec
-        if error is not None:
-            text = str(error).strip()
-            message = _ADDRESS.sub("", text.splitlines()[0] if text else "")
-            results.write({"cell_error": f"code cell {number}: {type(error).__name__}"
-                                         + (f": {message}" if message else "")})
-        for qid in check_calls(source):
-            if qid in questions and qid not in graded:
-                grade(qid)
-    for qid in questions:
-        if qid not in graded:
-            grade(qid)
-    results.write({"done": True})
-
-
-def _child(notebook: str, folder: str, tests, hidden, cpu: float | None, memory_mb: int | None):
-    """In the forked child: isolate, limit, grade, and leave without returning to the parent's code."""
-    code = 0
-    try:
-        os.setpgid(0, 0)
-        os.chdir(folder)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        log = os.open(os.path.join(folder, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(log, 2)
-        set_limits(cpu, memory_mb)
-        grade_notebook(notebook, os.path.join(folder, "results.jsonl"), tests, hidden)
-    except BaseException:  # noqa: BLE001  (anything at all: report and leave)
-        code = 70
-        with_traceback = traceback.format_exc()
-        try:
-            sys.stderr.write(with_traceback)
-            sys.stderr.flush()
-        except Exception:
-            pass
-    finally:
-        os._exit(code)
 
 
 def kill_group(pid: int) -> None:
@@ -164,52 +52,270 @@ def kill_group(pid: int) -> None:
         pass
 
 
-def _write_exit(folder: str, code: int | None, timed_out: bool) -> None:
-    with open(os.path.join(folder, "exit.json"), "w", encoding="utf-8") as f:
-        json.dump({"code": code, "timed_out": timed_out}, f, sort_keys=True)
+def _not_dumpable() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- one submission
+
+
+def grade_notebook(notebook: str, channel, tests, hidden: frozenset, emit) -> None:
+    """Have the submission run its cells; grade each question here; ``emit`` each record (in the grading child)."""
+    from dlbook.grading import wire
+    from dlbook.grading.core import run_question
+    from dlbook.grading.sets import question_ids
+
+    with open(notebook, encoding="utf-8") as f:
+        nb = json.load(f)
+    emit({"isolation": channel.hello()})
+    questions = question_ids(tests)
+    graded: set[str] = set()
+
+    def grade(qid: str) -> None:
+        result = run_question(qid, tests, channel, hidden=hidden)
+        emit({"question": result.to_dict()})
+        graded.add(qid)
+
+    code_cells = [c for c in nb["cells"] if c.get("cell_type") == "code"]
+    for number, cell in enumerate(code_cells, start=1):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        try:
+            answer, _ = channel.request({"op": "run", "source": source})
+        except wire.WireError as err:
+            answer = {"ran": True, "error": ["ProtocolError", str(err)]}
+        if answer.get("ran") is not True:
+            answer = {"error": ["ProtocolError", "the answer to 'run this cell' was malformed"]}
+        error = answer.get("error")
+        if isinstance(error, list) and len(error) == 2:
+            name, message = (_ADDRESS.sub("", str(x))[:500] for x in error)
+            emit({"cell_error": f"code cell {number}: {name}" + (f": {message}" if message else "")})
+        for qid in check_calls(source):
+            if qid in questions and qid not in graded:
+                grade(qid)
+    for qid in questions:
+        if qid not in graded:
+            grade(qid)
+    emit({"done": True})
+    try:
+        wire.send_frame(channel.sock, {"op": "exit"})
+    except OSError:
+        pass
+
+
+def _grading_child(notebook: str, sock: socket.socket, out_fd: int, tests, hidden) -> None:
+    """In the forked grading child: grade, stream records to the parent, leave."""
+    from dlbook.grading.core import SubmissionGone
+    from dlbook.grading.proxy import Channel
+
+    code = 0
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        out = os.fdopen(out_fd, "w", encoding="utf-8")
+
+        def emit(record: dict) -> None:
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+            out.flush()
+
+        try:
+            grade_notebook(notebook, Channel(sock), tests, hidden, emit)
+        except SubmissionGone:
+            pass
+    except BaseException:  # noqa: BLE001  (a bug of the grader's: report it and leave)
+        code = 70
+        try:
+            sys.stderr.write(traceback.format_exc())
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+# ---------------------------------------------------------------------------------------------- the zygote
+
+
+def _start_zygote(base_config: dict) -> tuple[int, socket.socket]:
+    """Fork the zygote now, before any test is imported: it holds torch and nothing of the tests."""
+    kind = socket.SOCK_SEQPACKET if sys.platform.startswith("linux") else socket.SOCK_DGRAM  # keeps messages whole
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            ours.close()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            sys.argv = sys.argv[:1]
+            os.chdir("/")
+            from dlbook.grading import sandbox
+
+            sandbox.main(theirs, base_config)
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+            code = 70
+        finally:
+            os._exit(code)
+    theirs.close()
+    return pid, ours
+
+
+class _Submission:
+    def __init__(self, index: int, notebook: str, deadline: float):
+        self.index, self.notebook, self.deadline = index, notebook, deadline
+        self.grader_pid: int | None = None
+        self.grader_code: int | None = None
+        self.pipe: int | None = None
+        self.buffer = bytearray()
+        self.sub_pid: int | None = None
+        self.sub_code: int | None = None
+        self.sub_exited = False
+        self.timed_out = False
+        self.grader_done_at: float | None = None
+
+    def records(self) -> list[dict]:
+        found = []
+        for line in self.buffer.decode("utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                found.append(record)
+        return found
 
 
 def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], jobs: int, timeout: float,
-          cpu: float | None, memory_mb: int | None) -> None:
-    """Grade ``notebooks`` with at most ``jobs`` children at a time."""
+          cpu: float | None, memory_mb: int | None, hide: list[str] = (), isolation: str = "auto") -> None:
+    """Grade ``notebooks`` with at most ``jobs`` submissions at a time; one JSON line each on stdout."""
+    _not_dumpable()
+    root = os.path.join(workdir, ".root")
+    os.makedirs(root, exist_ok=True)
+    hidden_paths = sorted({os.path.realpath(p) for p in [workdir, *notebooks, *extra, *hide] if os.path.exists(p)})
+    base_config = {"root": root, "hide": hidden_paths, "cpu": cpu, "memory_mb": memory_mb,
+                   "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512}
+    zygote, control = _start_zygote(base_config)  # it gets the paths to hide, never the tests
     from dlbook.grading.batch import load_tests
 
-    tests, hidden = load_tests(set_id, extra)  # before any submitted code exists in any process
-    from IPython.core.interactiveshell import InteractiveShell  # noqa: F401  (import once, before the forks)
+    tests, hidden = load_tests(set_id, extra)
+    ready, _, _ = select.select([control], [], [], STARTUP_LIMIT_S)
+    if not ready or json.loads(control.recv(1 << 16) or b"{}").get("ready") is not True:
+        raise SystemExit("dlbook-grade: the sandbox process did not start")
 
     pending = list(enumerate(notebooks))
-    running: dict[int, tuple[str, float]] = {}
+    running: dict[int, _Submission] = {}
+    stdout = sys.stdout
+
+    def finish(sub: _Submission, code: int | None) -> None:
+        if sub.sub_pid and not sub.sub_exited:
+            kill_group(sub.sub_pid)
+        if sub.grader_pid and sub.grader_code is None:
+            kill_group(sub.grader_pid)
+            try:
+                os.waitpid(sub.grader_pid, 0)
+            except ChildProcessError:
+                pass
+        if sub.pipe is not None:
+            _drain(sub)
+            os.close(sub.pipe)
+        stdout.write(json.dumps({"index": sub.index, "records": sub.records(),
+                                 "exit": {"code": code, "timed_out": sub.timed_out}}, sort_keys=True) + "\n")
+        stdout.flush()
+        running.pop(sub.index, None)
+
     while pending or running:
         while pending and len(running) < jobs:
             index, notebook = pending.pop(0)
-            folder = os.path.join(workdir, str(index))
-            os.makedirs(folder, exist_ok=True)
+            ours, theirs = socket.socketpair()
+            config = {"fallback_cwd": os.path.join(workdir, str(index))}  # small: a datagram on macOS
+            socket.send_fds(control, [json.dumps({"index": index, "config": config}).encode()], [theirs.fileno()])
+            theirs.close()
+            sub = _Submission(index, notebook, time.monotonic() + timeout)
+            read_end, write_end = os.pipe()
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                _child(notebook, folder, tests, hidden, cpu, memory_mb)
-            try:
-                os.setpgid(pid, pid)  # also here, so a kill can never miss the group (the child does it too)
-            except OSError:
-                pass
-            with open(os.path.join(folder, "pid"), "w") as f:
-                f.write(str(pid))
-            running[pid] = (folder, time.monotonic() + timeout)
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid:
-            folder, _ = running.pop(pid)
-            kill_group(pid)  # whatever the submission started and left running
-            _write_exit(folder, os.waitstatus_to_exitcode(status), False)
-            continue
+                os.close(read_end)
+                control.close()
+                _grading_child(notebook, ours, write_end, tests, hidden)
+            ours.close()
+            os.close(write_end)
+            sub.grader_pid, sub.pipe = pid, read_end
+            running[index] = sub
+
+        watch = [control] + [s.pipe for s in running.values() if s.pipe is not None]
+        readable, _, _ = select.select(watch, [], [], 0.02)
+        if control in readable:
+            while True:
+                try:
+                    data = control.recv(1 << 16, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                if not data:
+                    raise SystemExit("dlbook-grade: the sandbox process stopped")
+                message = json.loads(data)
+                sub = running.get(message.get("started", message.get("exited")))
+                if sub is None:
+                    continue
+                if "started" in message:
+                    sub.sub_pid = int(message["pid"])
+                else:
+                    sub.sub_exited, sub.sub_code = True, message.get("code")
+        for sub in list(running.values()):
+            if sub.pipe is not None and sub.pipe in readable:
+                _drain(sub)
         now = time.monotonic()
-        for pid, (folder, deadline) in list(running.items()):
-            if now > deadline:
-                kill_group(pid)
-                os.waitpid(pid, 0)
-                running.pop(pid)
-                _write_exit(folder, None, True)
-        time.sleep(0.02)
+        for sub in list(running.values()):
+            if sub.grader_code is None:
+                pid, status = os.waitpid(sub.grader_pid, os.WNOHANG)
+                if pid:
+                    sub.grader_code = os.waitstatus_to_exitcode(status)
+                    sub.grader_done_at = now
+            if sub.grader_code is not None:
+                records = (_drain(sub), sub.records())[1]
+                if sub.grader_code != 0:
+                    finish(sub, sub.grader_code)
+                elif any(r.get("done") for r in records):
+                    finish(sub, 0)
+                elif sub.sub_exited:
+                    finish(sub, sub.sub_code)
+                elif now > sub.grader_done_at + AFTER_DONE_S and sub.sub_pid:
+                    kill_group(sub.sub_pid)  # the zygote reports it killed; finished on that report
+                    sub.grader_done_at = now
+            elif now > sub.deadline and sub.sub_pid:
+                sub.timed_out = True
+                finish(sub, None)
+    kill_group(zygote)
+    try:
+        os.kill(zygote, signal.SIGKILL)
+        os.waitpid(zygote, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _drain(sub: _Submission) -> None:
+    if sub.pipe is None:
+        return
+    while True:
+        ready, _, _ = select.select([sub.pipe], [], [], 0)
+        if not ready:
+            return
+        chunk = os.read(sub.pipe, 1 << 16)
+        if not chunk:
+            return
+        sub.buffer += chunk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir")
     parser.add_argument("notebooks", nargs="+")
     parser.add_argument("--extra-tests", action="append", default=[])
+    parser.add_argument("--hide", action="append", default=[])
+    parser.add_argument("--isolation", choices=["auto", "rlimits", "require"], default="auto")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--cpu", type=float, default=None)
     parser.add_argument("--memory-mb", type=int, default=None)
     args = parser.parse_args(argv)
     serve(args.set_id, args.workdir, args.notebooks, args.extra_tests, args.jobs, args.timeout, args.cpu,
-          args.memory_mb)
+          args.memory_mb, hide=args.hide, isolation=args.isolation)
     return 0
 
 
