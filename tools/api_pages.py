@@ -55,6 +55,8 @@ MODULES: dict[str, tuple[str, str]] = {
     "extras": ("Reference libraries a chapter installs only when missing.", "book/setup"),
     "grading": ("Graded exercises: the checker a learner calls and the tests' helpers.", "exercises/index"),
     "grading.hints": ("Seeded test data and hints that name a learner's likely mistake.", "exercises/index"),
+    "grading.probes": ("Trusted operations (gradients, training steps) that exercise tests run on learner code.",
+                       "book/instructors"),
 }
 
 
@@ -67,8 +69,8 @@ def public_modules() -> list[str]:
         short = info.name.removeprefix("dlbook.")
         if short.startswith("exercises") or any(part.startswith("_") for part in short.split(".")):
             continue  # exercise tests are not API; private modules neither
-        if short.startswith("grading.") and short != "grading.hints":
-            continue  # the grader's machinery; its public face is dlbook.grading (and the hints set authors use)
+        if short.startswith("grading.") and short not in ("grading.hints", "grading.probes"):
+            continue  # the grader's machinery; its public face is dlbook.grading (and what set authors use)
         module = importlib.import_module(info.name)
         if hasattr(module, "__all__"):
             found.append(short)
