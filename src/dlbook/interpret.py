@@ -608,7 +608,7 @@ def permutation_importance(model, X: torch.Tensor, y: torch.Tensor, metric=None,
                 Xp = X.clone()
                 Xp[:, j] = X[perm, j]
                 values[j, r] = score - float(metric(model(Xp), y))
-    return Importances(values.mean(1), values.std(1, unbiased=False), values, score)
+    return Importances(values.mean(1), values.std(1, correction=0), values, score)
 
 
 def deletion_curve(model, x: torch.Tensor, target, attribution: torch.Tensor, baseline=0.0, per_step: int = 1, *,
@@ -855,7 +855,7 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, *, hidden: int | 
         raise ValueError("the split leaves no training or no held-out rows")
     n_classes = int(labels.max()) + 1
     if standardize:
-        mean, std = Xtr.mean(0), Xtr.std(0, unbiased=False)
+        mean, std = Xtr.mean(0), Xtr.std(0, correction=0)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
     else:
         mean, std = torch.zeros_like(Xtr[0]), torch.ones_like(Xtr[0])
