@@ -1,6 +1,6 @@
 """Write the "dlbook API" pages of the book from the package itself.
 
-    python tools/api_pages.py          # (re)write book/api/*.md and the notebooks' API-link cells
+    python tools/api_pages.py          # (re)write book/api/*.md, their _toc.yml entries, the API-link cells
     python tools/api_pages.py check    # exit 1 if a page or a link cell is missing or stale
 
 Each public module of dlbook (a module with ``__all__``) gets one page,
@@ -197,12 +197,31 @@ def sync_links(path: Path, write: bool) -> bool:
     return changed
 
 
+TOC = ROOT / "_toc.yml"
+
+
+def toc_with_api_sections(toc: str, pages: dict[Path, str]) -> str:
+    """_toc.yml with the sections under book/api/index listing exactly the module pages, sorted."""
+    lines = toc.split("\n")
+    head = lines.index("      - file: book/api/index")
+    end = head + 1
+    while end < len(lines) and (lines[end] == "        sections:" or lines[end].startswith("          - file: book/api/")):
+        end += 1
+    stems = sorted(p.stem for p in pages if p.stem != "index")
+    block = ["      - file: book/api/index", "        sections:"] + [f"          - file: book/api/{s}" for s in stems]
+    return "\n".join(lines[:head] + block + lines[end:])
+
+
 def main(argv: list[str]) -> int:
     pages = expected_pages()
+    toc = TOC.read_text()
+    new_toc = toc_with_api_sections(toc, pages)
     if argv == ["check"]:
         stale = [str(p.relative_to(ROOT)) for p, text in pages.items() if not p.exists() or p.read_text() != text]
         extra = [str(p.relative_to(ROOT)) for p in API.glob("*.md") if p not in pages]
         links = [str(p.relative_to(ROOT)) for p in chapter_notebooks() if sync_links(p, write=False)]
+        if new_toc != toc:
+            stale.append("_toc.yml (the API sections)")
         if stale or extra or links:
             print(f"stale or missing pages: {stale}; not a module any more: {extra}; notebooks whose API-link cell "
                   f"is stale: {links}. Run python tools/api_pages.py")
@@ -214,7 +233,8 @@ def main(argv: list[str]) -> int:
             p.unlink()
     for p, text in pages.items():
         p.write_text(text)
-    print(f"wrote {len(pages)} pages in {API.relative_to(ROOT)}")
+    TOC.write_text(new_toc)
+    print(f"wrote {len(pages)} pages in {API.relative_to(ROOT)} and listed them in _toc.yml")
     for p in chapter_notebooks():
         if sync_links(p, write=True):
             print("updated the API links of", p.relative_to(ROOT))
