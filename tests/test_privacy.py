@@ -103,7 +103,12 @@ def _opacus_step(model, x, y, C, lr, expected):
     return gsm._module
 
 
-@pytest.mark.parametrize("make,data", [(_mlp, _data), (lambda: _Mixed().double(), _mixed_data)])
+def _gn_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.GroupNorm(2, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3)).double()
+
+
+@pytest.mark.parametrize("make,data", [(_mlp, _data), (_gn_mlp, _data), (lambda: _Mixed().double(), _mixed_data)])
 def test_one_noiseless_dp_step_equals_opacus(make, data):
     """With noise 0, one step of dp_sgd_step and of DPSGD equals Opacus's DPOptimizer step (1e-10, float64)."""
     x, y = data()

@@ -303,7 +303,9 @@ class _Layer:
             return self._affine(gw, gb)
         if isinstance(m, nn.GroupNorm):
             xhat = F.group_norm(a, m.num_groups, eps=m.eps)
-            dims = tuple(range(2, a.dim()))
+            dims = tuple(range(2, a.dim()))            # spatial axes; none for (B, C) inputs
+            if not dims:                               # (sum over an empty tuple would sum over everything)
+                return self._affine(g * xhat, g)
             return self._affine((g * xhat).sum(dims), g.sum(dims))
         if isinstance(m, nn.Embedding):
             ids = a.reshape(len(a), -1)                               # (B, T)
