@@ -72,7 +72,7 @@ __all__ = [
     "sequence_log_likelihood", "exposure", "canary_exposure",
     # encrypted and secure aggregation
     "Paillier", "quantize", "dequantize", "pairwise_mask", "mask_update", "secure_sum", "recover_dropouts",
-    "run_federated",
+    "run_federated", "federated_processes",
 ]
 
 
@@ -1250,6 +1250,34 @@ def run_federated(n_clients: int = 3, rounds: int = 5, local_steps: int = 5, lr:
         result = torch.load(out, weights_only=True)
     result["command"] = "torchrun " + " ".join(command[3:])
     return result
+
+
+def federated_processes() -> list[int]:
+    """Process ids of every live process running ``run_federated``'s script (torchrun or a worker).
+
+    Used to check that nothing is left behind after a run, even one that failed. Reads the
+    process table with ``psutil`` when it is installed (it comes with Jupyter), else ``/proc``.
+    """
+    marker = "dlbook.privacy"
+    me = os.getpid()
+    try:
+        import psutil
+    except ImportError:
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd and "--fail-round" in cmd and int(entry.name) != me:
+                found.append(int(entry.name))
+        return sorted(found)
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if marker in cmd and "--fail-round" in cmd and proc.info["pid"] != me:
+            found.append(proc.info["pid"])
+    return sorted(found)
 
 
 if __name__ == "__main__":
