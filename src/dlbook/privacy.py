@@ -414,8 +414,6 @@ class DPSGD(torch.optim.SGD):
                 raise TypeError(f"DPSGD computes per-example norms for {', '.join(t.__name__ for t in _SUPPORTED)}; "
                                 f"layer {name!r} is a {type(m).__name__} with trainable parameters "
                                 "(use dp_sgd_step, which works on any model, or freeze it)")
-            if isinstance(m, nn.BatchNorm2d):  # pragma: no cover - BatchNorm is not in _SUPPORTED
-                pass
             if isinstance(m, (nn.Conv1d, nn.Conv2d)) and (m.groups != 1 or m.padding_mode != "zeros"
                                                           or isinstance(m.padding, str)):
                 raise TypeError(f"DPSGD supports convolutions with groups=1 and numeric zero padding; {name!r} is {m}")
