@@ -203,7 +203,7 @@ def clip_and_noise(grads: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], m
     factors = _clip_factors(per_example_norms(values), max_norm)
     out = []
     for g in values:
-        s = torch.einsum("b,b...->...", factors.to(g.dtype), g)
+        s = (factors.to(g.dtype) @ g.reshape(len(g), -1)).reshape(g.shape[1:])
         if noise_multiplier > 0:
             s = s + noise_multiplier * max_norm * torch.randn(s.shape, generator=generator, device=s.device,
                                                               dtype=s.dtype)
@@ -349,11 +349,13 @@ class _Layer:
                 out["weight"] = torch.einsum("bto,bti->oi", gc, a3)
                 out["bias"] = gc.sum((0, 1))
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            out["weight"] = torch.einsum("b,bok->ok", c, cache["psg"]).reshape(m.weight.shape)
-            out["bias"] = torch.einsum("b,bo->o", c, cache["g3"].sum(2))
+            psg = cache["psg"]                                        # (B, O, C k): one vector-matrix product
+            out["weight"] = (c @ psg.reshape(len(psg), -1)).reshape(m.weight.shape)
+            out["bias"] = c @ cache["g3"].sum(2)
         elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
-            out["weight"] = torch.einsum("b,b...->...", c, cache["gw"])
-            out["bias"] = torch.einsum("b,b...->...", c, cache["gb"])
+            gw, gb = cache["gw"], cache["gb"]
+            out["weight"] = (c @ gw.reshape(len(gw), -1)).reshape(gw.shape[1:])
+            out["bias"] = (c @ gb.reshape(len(gb), -1)).reshape(gb.shape[1:])
         elif isinstance(m, nn.Embedding):
             gc = (cache["g3"] * c[:, None, None]).reshape(-1, cache["g3"].shape[-1])
             out["weight"] = torch.zeros_like(m.weight).index_add_(0, cache["ids"].reshape(-1), gc)
