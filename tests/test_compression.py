@@ -54,7 +54,8 @@ def test_model_size_sees_sparse_index_overhead_and_int8_storage():
         warnings.simplefilter("ignore", UserWarning)            # "sparse CSR support is in beta"
         dense, sparse = model_size({"w": w}), model_size({"w": w.to_sparse_csr()})
     assert sparse.params == dense.nonzero == sparse.nonzero == 256 * 128
-    assert sparse.bytes > 0.9 * dense.bytes                      # int64 column indices cost more than they save
+    assert sparse.bytes > 1.4 * dense.bytes                      # int64 column indices cost more than they save
+    assert 11.9 < sparse.bytes / sparse.nonzero < 12.5            # 4 bytes of value + 8 of index per nonzero
     big = MLP([256, 512, 512, 10])
     small = replace_linears(big, Int8Linear.from_linear)
     assert model_size(small).params == model_size(big).params
