@@ -1,6 +1,12 @@
 """Build the book's website into _build/html, failing on any warning or notebook error.
 
-    python tools/build_site.py
+    python tools/build_site.py                # execute every notebook (two at a time), then build
+    python tools/build_site.py --from-cache   # build from what tools/execute_notebooks.py cached
+
+The notebooks are executed by tools/execute_notebooks.py, two at a time, into the site's
+jupyter-cache; the build itself (``execute_notebooks: cache`` in _config.yml) takes their outputs from
+there and executes only a notebook that is not in the cache (one that failed, or changed since), which
+then fails the build if it fails again. `make test` runs the two steps as separate stages.
 
 Jupyter Book only warns when a notebook fails to execute; with ``-W -n
 --keep-going`` and ``nb_execution_raise_on_error`` (in _config.yml) a broken
@@ -20,6 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     start = time.time()
+    if "--from-cache" not in sys.argv[1:]:
+        executed = subprocess.run([sys.executable, str(ROOT / "tools" / "execute_notebooks.py")], cwd=ROOT)
+        if executed.returncode != 0:
+            print("some notebooks failed to execute; the build will execute them again and fail on them",
+                  file=sys.stderr)
     # No MPLBACKEND here: with Agg forced, the kernel's inline backend is bypassed and
     # executed notebooks lose every figure.
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
