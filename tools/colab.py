@@ -195,9 +195,9 @@ def _failure_text(xml: Path) -> str | None:
         for tag in ("failure", "error"):
             node = case.find(tag)
             if node is not None:
-                text = (node.text or node.get("message") or "").strip()
+                text = re.sub(r"(\x1b|#x1B)\[[0-9;]*m", "", node.text or node.get("message") or "").strip()
                 lines = [ln for ln in text.splitlines() if re.search(r"(Error|Exception)\b", ln)]
-                return f"cell {case.get('name')}: {(lines[-1] if lines else text[-400:]).strip()}"
+                return f"{case.get('name')}: {(lines[-1] if lines else text[-400:]).strip()}"
     return None
 
 

@@ -41,10 +41,28 @@ REPORT = ROOT / "_build" / "test-reports" / "execute.xml"
 TIMEOUT_S = 300  # the cell timeout of _config.yml; the budget guard (120 s per notebook) is separate
 
 
+def _no_echo_to_kernel(self) -> None:
+    """Replaces nbclient's ``OutputWidget.sync_state`` (see ``_execute``)."""
+
+
 def _execute(path: str) -> dict:
     """Run one notebook in this worker process; return its times, and its executed notebook if it passed."""
     import nbformat
+    import nbclient.output_widget
     from jupyter_cache.executors.utils import single_nb_execution
+
+    # Why a cell with an ipywidgets Output (chapter 1 notebook 1's `interact`) sometimes stalled for the
+    # whole cell timeout and then went on without an error: nbclient plays the frontend of an Output
+    # widget, and each time it routes an output (the figure) into one, it echoes the widget's new
+    # state back to the kernel with an un-awaited send on the shell socket, from the task that reads
+    # IOPub, while another task is awaiting that same socket's poll for the cell's execute_reply.
+    # ZeroMQ's socket FD is edge-triggered: when the reply lands during that send, the send consumes
+    # the edge, the poll is never woken, and only its timeout's final poll(0) finds the reply. The
+    # kernel finished at once (its reply and idle messages are stamped seconds before the next cell
+    # starts; measured gap = the cell timeout, 30 s with timeout 30 and about 300 s with 300). The echo
+    # is of no use here: the kernel never reads the outputs back, and nbclient keeps the widget state
+    # for the page separately (``widget_state``), so it is dropped and the socket is only polled.
+    nbclient.output_widget.OutputWidget.sync_state = _no_echo_to_kernel
 
     nb = nbformat.read(path, as_version=4)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
