@@ -43,7 +43,7 @@ test: $(STAMP)
 	$(PY) tools/run_tests.py
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/browser
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/browser --ignore=tests/colab
 
 notebooks: $(STAMP)
 	$(PY) -m pytest $(NBVAL_FLAGS) --durations=0 $(NOTEBOOKS)
