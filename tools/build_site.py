@@ -37,8 +37,21 @@ def main() -> int:
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(ROOT), "--path-output", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going"]
-    result = subprocess.run(cmd, cwd=ROOT, env=env)
+    # Stream the build's output, and count the notebooks it had to execute itself (cache misses):
+    # after a clean execute stage there should be none, and each one costs a serial execution.
+    missed = []
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if "Executing notebook using" in line:
+                missed.append(line.split(":", 1)[0].strip())
+    result = proc
     elapsed = time.time() - start
+    if missed:
+        print(f"the build executed {len(missed)} notebook(s) itself, not found in the cache: {', '.join(missed)}")
+    else:
+        print("the build executed no notebook: every output came from the cache")
     index = ROOT / "_build" / "html" / "index.html"
     if result.returncode != 0 or not index.exists():
         print(f"site build FAILED after {elapsed:.0f} s (see the warnings above)", file=sys.stderr)
