@@ -1,6 +1,8 @@
 # dlbook: two commands.
 #   make book   set up .venv, execute every notebook, build the site into _build/html
-#   make test   set up .venv, then run every test (unit, notebooks, site build, browser)
+#   make test   set up .venv, then run every test (unit, notebooks, site build, browser, Colab-shaped
+#               notebooks, benchmarks in quick mode)
+#   make colab  every notebook in the Colab-shaped venv .venv-colab (requirements/colab.txt)
 # Everything is installed by these targets; nothing is installed by hand.
 
 SHELL := /bin/bash
@@ -14,11 +16,12 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env -n 2 --dist loadfile
 NOTEBOOKS := chapters exercises
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup book test unit notebooks site browser timings clean constraints student-versions
+.PHONY: help setup book test unit notebooks execute site browser colab benchmarks timings clean constraints student-versions
 
 help:
 	@echo "make book   build the website into _build/html (sets everything up first)"
-	@echo "make test   run every test: unit, notebooks, site build, browser check"
+	@echo "make test   run every test: unit, notebooks, site build, browser check, Colab-shaped notebooks, benchmarks"
+	@echo "make colab  run every notebook in the Colab-shaped venv (requirements/colab.txt)"
 
 setup: $(STAMP)
 
@@ -40,13 +43,24 @@ test: $(STAMP)
 	$(PY) tools/run_tests.py
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/browser
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/browser --ignore=tests/colab
 
 notebooks: $(STAMP)
 	$(PY) -m pytest $(NBVAL_FLAGS) --durations=0 $(NOTEBOOKS)
 
+# Execute every notebook once, two at a time, into the site's jupyter-cache (what `make test` does).
+execute: $(STAMP)
+	$(PY) tools/execute_notebooks.py
+
 site: $(STAMP)
 	$(PY) tools/build_site.py
+
+# .venv-colab is built by tools/colab.py, keyed on requirements/colab.txt (and reset before each run).
+colab: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) tools/colab.py
+
+benchmarks: $(STAMP)
+	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
 
 browser: $(STAMP)
 	$(PY) tools/ensure_chromium.py

@@ -1,8 +1,8 @@
 """Repository-wide pytest hooks.
 
 When pytest runs notebooks (nbval), add up the time of every cell of each
-notebook, kernel start included, and write ``_build/notebook_times.json``;
-``tools/run_tests.py`` prints it slowest first at the end of ``make test``.
+notebook, kernel start included, and write ``_build/nbval_times.json`` (`make notebooks`; `make
+test` times notebooks itself, in tools/execute_notebooks.py and tools/colab.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,6 @@ def pytest_sessionfinish(session, exitstatus):
     # Under xdist the workers' reports reach the controller too; write only there.
     if not _times or hasattr(session.config, "workerinput"):
         return
-    out = _ROOT / "_build" / "notebook_times.json"
+    out = _ROOT / "_build" / "nbval_times.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(dict(sorted(_times.items(), key=lambda kv: -kv[1])), indent=1))

@@ -16,6 +16,7 @@ Usage::
     python benchmarks/gpt_throughput.py                  # auto device, 30 timed steps
     python benchmarks/gpt_throughput.py --threads 1 --steps 50
     python benchmarks/gpt_throughput.py --peak-tflops 989  # MFU against a peak you state
+    python benchmarks/gpt_throughput.py --quick            # a few seconds: 1 thread, 3 steps (make test)
 """
 
 from __future__ import annotations
@@ -109,7 +110,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per variant; the best is reported")
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU peak bf16 TFLOP/s for MFU")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few seconds (1 thread, 3 timed steps, 1 warm-up, 1 repeat, no compile): proves "
+                             "the benchmark still runs; its figures mean little")
     args = parser.parse_args()
+    if args.quick:
+        args.threads, args.steps, args.warmup, args.repeats = 1, 3, 1, 1
 
     device = get_device(args.device)
     threads = set_threads(args.threads)
@@ -127,7 +133,7 @@ def main():
                 ("plain nn.TransformerEncoder, fp32", lambda: PlainGPT(tok.vocab_size, CONFIG["block_size"],
                                                                        CONFIG["n_layer"], CONFIG["n_head"],
                                                                        CONFIG["n_embd"]), {})]
-    if device.type == "cuda":
+    if device.type == "cuda" and not args.quick:
         variants += [("dlbook GPT, bf16 autocast", lambda: GPT(tok.vocab_size, **CONFIG), dict(amp=True)),
                      ("dlbook GPT, bf16 + torch.compile", lambda: GPT(tok.vocab_size, **CONFIG),
                       dict(amp=True, compile=True))]

@@ -14,6 +14,7 @@ figure is the median samples/s of each, and the overhead
 machine are noisy, so run it when the machine is quiet, and more than once.
 
     python benchmarks/train_loop.py [--repeats 9] [--epochs 3] [--threads 1] [--batch-size 64] [--progress]
+    python benchmarks/train_loop.py --quick     # a few seconds: 1 repeat of 1 epoch (make test runs it)
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import time
 import torch
 from torch import nn
 
-from dlbook.data import load_digits
+from dlbook.data import TensorBatches, load_digits
 from dlbook.device import get_device
-from dlbook.train import TensorBatches, fit
+from dlbook.train import fit
 
 
 def make_model(device) -> nn.Module:
@@ -70,7 +71,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--progress", action="store_true", help="time fit with its progress bar on")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: dlbook.device.get_device())")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few seconds (1 repeat of 1 epoch): proves the benchmark still runs")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.epochs = 1, 1
     torch.set_num_threads(args.threads)
     device = get_device(args.device)
     digits = load_digits(device=device)

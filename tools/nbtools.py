@@ -12,7 +12,11 @@ Authors build a notebook from a list of cells::
         md("# Title"), setup("from dlbook.data import load_digits"), code("x = 1"), hidden("assert x == 1"),
     ])
 
-Run ``python tools/nbtools.py sync`` to rewrite every setup cell after the URL changes.
+Run ``python tools/nbtools.py sync`` to rewrite every setup cell after the URL or the install block
+changes (it recognises the old and the new form of the block).
+
+The setup cell installs dlbook from the environment variable ``DLBOOK_SOURCE`` when it is set (a
+local path or wheel; CI's Colab-shaped stage uses it), and from the repository otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def repository_url() -> str:
     return config["repository"]["url"].rstrip("/")
 
 
+# The one override of the setup cell: an environment variable naming a local path or wheel that the
+# cell installs dlbook from instead of the repository. CI's Colab-shaped stage (tools/colab.py) sets it to
+# a wheel built from the checkout; a reader never sets it, and the cell's text is the same for everyone.
+SOURCE_ENV = "DLBOOK_SOURCE"
+
+
 def install_block() -> str:
     """The lines every setup cell starts with (install dlbook only when missing)."""
     return (
@@ -41,7 +51,9 @@ def install_block() -> str:
         "try:\n"
         "    import dlbook\n"
         "except ImportError:\n"
-        f'    %pip install -q "dlbook @ git+{repository_url()}"\n'
+        "    import os\n"
+        f'    dlbook_source = os.environ.get("{SOURCE_ENV}", "dlbook @ git+{repository_url()}")\n'
+        '    %pip install -q "$dlbook_source"\n'
     )
 
 
@@ -126,6 +138,8 @@ def sync(path: Path) -> bool:
     cell = first_code_cell(nb)
     if cell is None:
         return False
+    # Matches every form the block has had (the older one had no override line): from the first line
+    # up to and including the `%pip install` line.
     new = re.sub(r"\A# Setup:.*?\n(?:.*\n)*?    %pip install[^\n]*\n", install_block(), cell.source + "\n", count=1).rstrip("\n")
     if new == cell.source:
         return False
