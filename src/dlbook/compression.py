@@ -231,7 +231,7 @@ def _smallest_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def magnitude_prune(model: nn.Module, amount: float, scope: str = "global") -> dict[str, torch.Tensor]:
-    """Masks that remove the fraction ``amount`` of weights with the smallest magnitude |w|.
+    """Masks that remove the fraction ``amount`` of weights with the smallest magnitude ``|w|``.
 
     Only the ``weight`` of Linear and Conv layers is pruned (biases are few and cheap).
     With ``scope="global"`` one threshold is used for all layers together, so layers with
@@ -407,7 +407,7 @@ def qrange(bits: int = 8, symmetric: bool = False) -> tuple[int, int]:
 
     Symmetric quantization uses signed integers with the range restricted to be symmetric,
     [-(2^(b-1) - 1), 2^(b-1) - 1] ([-127, 127] for int8: -128 is left out, so that the
-    scale that maps the largest |r| to 127 also maps -|r| to -127 and Z = 0 is exact).
+    scale that maps the largest ``|r|`` to 127 also maps -``|r|`` to -127 and Z = 0 is exact).
     Asymmetric (affine) quantization uses unsigned integers [0, 2^b - 1] ([0, 255], uint8).
     """
     bits = _check_bits(bits)
@@ -424,7 +424,7 @@ def quant_params(x_min, x_max, bits: int = 8, symmetric: bool = False,
     so that the real number 0 (zero padding, ReLU outputs, pruned weights) is represented
     exactly by the integer Z. Then
 
-    * symmetric: S = max(|x_min|, |x_max|) / q_max, Z = 0;
+    * symmetric: S = max(``|x_min|``, ``|x_max|``) / q_max, Z = 0;
     * asymmetric: S = (x_max - x_min) / (q_max - q_min), Z = clamp(round(q_min - x_min / S), q_min, q_max),
       an integer, so that 0 / S + Z = Z exactly.
 
@@ -552,7 +552,7 @@ def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> t
 
     Returns:
         A float tensor of q's shape, in the dtype of ``scale``. For x inside the range,
-        |x - dequantize(quantize(x))| <= S / 2.
+        ``|x - dequantize(quantize(x))|`` <= S / 2.
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a tensor, got {type(q).__name__}")
@@ -587,7 +587,7 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis
 
 
 class _SignSTE(torch.autograd.Function):
-    """sign(w) forward; the gradient passes where |w| <= 1 (the hard-tanh STE of BinaryConnect)."""
+    """sign(w) forward; the gradient passes where ``|w|`` <= 1 (the hard-tanh STE of BinaryConnect)."""
 
     @staticmethod
     def forward(ctx, w):
@@ -607,9 +607,9 @@ class QuantLinear(nn.Linear):
     every forward pass uses its quantized version:
 
     * ``bits`` in 2..16: symmetric per-output-row fake quantization,
-      S_j = max_i |W_ji| / q_max, with the STE (``fake_quantize``);
-    * ``bits = 1``: binarization, W_b = alpha_j sign(W_j) with alpha_j = mean_i |W_ji|
-      (XNOR-Net's scale), gradient through sign only where |W| <= 1 (BinaryConnect).
+      S_j = max_i ``|W_ji|`` / q_max, with the STE (``fake_quantize``);
+    * ``bits = 1``: binarization, W_b = alpha_j sign(W_j) with alpha_j = mean_i ``|W_ji|``
+      (XNOR-Net's scale), gradient through sign only where ``|W|`` <= 1 (BinaryConnect).
 
     With ``act_bits`` the input is fake-quantized too, per tensor and asymmetric, over the
     range [act_min, act_max] (buffers). In training mode the range follows the batches (an
@@ -622,7 +622,7 @@ class QuantLinear(nn.Linear):
             one for the whole matrix. act_bits: None (float activations) or 2..16.
         momentum: of the activation-range average, in (0, 1].
 
-    Shape: (N, *, in_features) -> (N, *, out_features).
+    Shape: ``(N, *, in_features)`` -> ``(N, *, out_features)``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8,
@@ -695,9 +695,9 @@ class QuantLinear(nn.Linear):
 class Int8Linear(nn.Module):
     """An inference-only Linear layer that multiplies int8 by int8 with an int32 accumulator.
 
-    Weights: symmetric per-output-row int8, W_ji ~ s_j q_ji with s_j = max_i |W_ji| / 127.
+    Weights: symmetric per-output-row int8, W_ji ~ s_j q_ji with s_j = max_i ``|W_ji|`` / 127.
     Activations, quantized on the fly for every call ("dynamic"): symmetric per input row,
-    x_ni ~ t_n p_ni with t_n = max_i |x_ni| / 127. Then
+    x_ni ~ t_n p_ni with t_n = max_i ``|x_ni|`` / 127. Then
 
     .. math::
 

@@ -1,6 +1,6 @@
 """Interpretability: attributions, perturbations, probes and adversarial examples.
 
-Notation: a classifier ``model`` maps a batch ``x`` of shape (N, *F) (any feature
+Notation: a classifier ``model`` maps a batch ``x`` of shape ``(N, *F)`` (any feature
 shape F, e.g. (64,) or (1, 8, 8)) to logits f(x) of shape (N, C). ``target`` names
 one class per example (an int, or int64 of shape (N,)); f_t(x) is its logit.
 Attributions always explain the *logit* f_t, not the softmax probability (which
@@ -293,13 +293,13 @@ def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch
     feature: a local sensitivity, not a share of the output.
 
     Args:
-        model: maps x (N, *F) to logits (N, C); run in ``eval()``, mode restored.
-        x: inputs (N, *F), floating point.
+        model: maps x ``(N, *F)`` to logits (N, C); run in ``eval()``, mode restored.
+        x: inputs ``(N, *F)``, floating point.
         target: the explained class, an int or int64 of shape (N,).
-        absolute: return |grad| (Simonyan et al.'s map, and Captum ``Saliency``'s default).
+        absolute: return ``|grad|`` (Simonyan et al.'s map, and Captum ``Saliency``'s default).
 
     Returns:
-        Attributions of shape (N, *F).
+        Attributions of shape ``(N, *F)``.
 
     Raises:
         ValueError: a target out of [0, C) or of the wrong shape. TypeError: a non-float x.
@@ -311,7 +311,7 @@ def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch
 
 
 def input_x_gradient(model, x: torch.Tensor, target) -> torch.Tensor:
-    """Gradient times input: x * grad_x f_t(x), shape (N, *F).
+    """Gradient times input: x * grad_x f_t(x), shape ``(N, *F)``.
 
     For a linear logit f_t(x) = w . x + b this is w_i x_i, each feature's exact share
     of f_t(x) - f_t(0); for a nonlinear model it is the first-order version of that.
@@ -330,7 +330,7 @@ def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float
 
     Gradients of ReLU networks jump from point to point; averaging over a small
     neighbourhood removes much of that noise. The noise is drawn as
-    ``torch.randn((N, n_samples, *F), generator=generator) * sigma`` (on the
+    ``torch.randn(``(N, n_samples, *F)``, generator=generator) * sigma`` (on the
     generator's device) and the noisy copies are evaluated in one batch of N * n_samples.
 
     Args:
@@ -339,11 +339,11 @@ def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float
         sigma: the noise standard deviation, in the units of x (Smilkov et al.
             suggest 10-20 % of the input range max(x) - min(x)), >= 0.
         generator: a ``torch.Generator`` for the noise, or None for torch's global one.
-        base: the attribution to smooth, a function (model, x, target) -> (N, *F);
+        base: the attribution to smooth, a function (model, x, target) -> ``(N, *F)``;
             default ``saliency`` (the signed gradient).
 
     Returns:
-        Attributions of shape (N, *F).
+        Attributions of shape ``(N, *F)``.
     """
     target = _prepare(model, x, target)
     n_samples = _check_int("n_samples", n_samples)
@@ -400,7 +400,7 @@ def ig_weights(steps: int, method: str = "riemann_trapezoid") -> tuple[torch.Ten
 
 
 def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
-    """None (zeros), a number, or a tensor of shape (N, *F), (*F) or (1, *F) -> a tensor of x's shape."""
+    """None (zeros), a number, or a tensor of shape ``(N, *F)``, ``(*F)`` or ``(1, *F)`` -> a tensor of x's shape."""
     if baseline is None:
         return torch.zeros_like(x)
     if isinstance(baseline, Real) and not isinstance(baseline, bool):
@@ -429,9 +429,9 @@ def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: i
     the *completeness error* sum_i IG_i - (f_t(x) - f_t(x')) measures the quadrature error.
 
     Args:
-        model, x, target: as in ``saliency`` (x of shape (N, *F)).
+        model, x, target: as in ``saliency`` (x of shape ``(N, *F)``).
         baseline: the reference input x': None (zeros), a number, or a tensor of shape
-            (N, *F) or (*F). A good baseline scores near zero (for the target class).
+            ``(N, *F)`` or ``(*F)``. A good baseline scores near zero (for the target class).
         steps: quadrature points, >= 1 (>= 2 for the trapezoid).
         method: one of ``IG_METHODS``. Captum's default is ``"gausslegendre"``.
         return_error: also return the completeness error, shape (N,).
@@ -439,7 +439,7 @@ def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: i
             (default: all).
 
     Returns:
-        Attributions (N, *F), or (attributions, error) with ``return_error``.
+        Attributions ``(N, *F)``, or (attributions, error) with ``return_error``.
 
     Raises:
         ValueError: steps < 1, an unknown method, a target out of range, a baseline
@@ -482,7 +482,7 @@ def _window(name: str, value, feat: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def occlusion_masks(feature_shape, window, stride=1) -> torch.Tensor:
-    """The patches ``occlusion`` slides over an input of shape ``feature_shape``, as 0/1 masks (K, *F).
+    """The patches ``occlusion`` slides over an input of shape ``feature_shape``, as 0/1 masks ``(K, *F)``.
 
     Along each axis of size n with window w and stride s the patch starts at
     0, s, 2s, ... up to the first start at or past n - w, and is cropped at the
@@ -518,16 +518,16 @@ def occlusion(model, x: torch.Tensor, target, window, stride=1, baseline=0.0, *,
     (Captum's ``Occlusion`` computes the same). Costs one forward pass per patch.
 
     Args:
-        model, x, target: as in ``saliency``; x of shape (N, *F).
+        model, x, target: as in ``saliency``; x of shape ``(N, *F)``.
         window: the patch size: an int w (a w x w patch over the axes after the
             channel axis, all channels at once; w features for flat inputs), or a
             tuple for the trailing axes (leading axes not named are occluded whole).
         stride: the step between patches, same conventions; at most the window.
-        baseline: what a hidden patch shows: a number or a tensor of shape (*F) or (N, *F).
+        baseline: what a hidden patch shows: a number or a tensor of shape ``(*F)`` or ``(N, *F)``.
         batch_size: how many occluded copies go through the model at once (default all).
 
     Returns:
-        Attributions of shape (N, *F).
+        Attributions of shape ``(N, *F)``.
 
     Raises:
         ValueError: a window larger than the input or a stride larger than the window,
@@ -624,9 +624,9 @@ def deletion_curve(model, x: torch.Tensor, target, attribution: torch.Tensor, ba
     features back first (a large area is good). Ties keep the features' order.
 
     Args:
-        model, x, target: as in ``saliency``; x of shape (N, *F) with d = prod(F) features.
+        model, x, target: as in ``saliency``; x of shape ``(N, *F)`` with d = prod(F) features.
         attribution: a map of the shape of x (the higher, the more important).
-        baseline: a number or a tensor of shape (*F) or (N, *F).
+        baseline: a number or a tensor of shape ``(*F)`` or ``(N, *F)``.
         per_step: features changed per step, >= 1.
         insertion: compute the insertion curve instead.
         batch_size: how many of the N * (K + 1) inputs go through the model at once.
@@ -686,7 +686,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     what the sanity checks of Adebayo et al. (2018) compare. A constant map gives nan.
 
     Args:
-        a, b: tensors of the same shape: (d,) for one pair of maps, or (N, *F) for N
+        a, b: tensors of the same shape: (d,) for one pair of maps, or ``(N, *F)`` for N
             pairs (each row flattened).
 
     Returns:

@@ -533,7 +533,7 @@ def poisson_loader(X: torch.Tensor, y: torch.Tensor, sample_rate: float, steps: 
 # ----------------------------------------------------------------------------- accounting
 
 DEFAULT_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-"""Renyi orders alpha searched by default: 1.1, 1.2, ..., 10.9 and 12, ..., 63."""
+"""The Renyi orders alpha searched by default (1.1, 1.2, ..., 10.9 and 12, ..., 63)."""
 
 
 def _log_add(a: float, b: float) -> float:
@@ -870,12 +870,12 @@ def sequence_log_likelihood(model: nn.Module, ids: torch.Tensor, prefix_len: int
 
 
 def exposure(canary_score: float, candidate_scores) -> float:
-    """Exposure of a canary (Carlini et al. 2019): log2 |R| - log2 rank.
+    """Exposure of a canary (Carlini et al. 2019): log2 ``|R|`` - log2 rank.
 
     The rank is 1 + the number of candidates scoring strictly higher (a higher score is more
-    likely under the model); |R| is the number of candidates plus the canary. A canary the model
-    has not memorized has rank about |R| / 2 and exposure about 1; the most likely of them all
-    has exposure log2 |R|.
+    likely under the model); ``|R|`` is the number of candidates plus the canary. A canary the model
+    has not memorized has rank about ``|R|`` / 2 and exposure about 1; the most likely of them all
+    has exposure log2 ``|R|``.
     """
     cand = _scores(candidate_scores)
     rank = 1 + int((cand > float(canary_score)).sum())
@@ -939,7 +939,7 @@ class Paillier:
     Encrypt m in [0, n): :math:`c = g^m r^n \\bmod n^2` with a random r coprime to n.
     Decrypt: :math:`m = L(c^\\lambda \\bmod n^2)\\,\\mu \\bmod n` with L(u) = (u - 1) / n.
     Homomorphisms: :math:`E(a) E(b) = E(a + b \\bmod n)` and :math:`E(a)^k = E(k a \\bmod n)`.
-    Real numbers travel as fixed-point integers (``encode``/``decode``), negatives as n - |m|.
+    Real numbers travel as fixed-point integers (``encode``/``decode``), negatives as n - ``|m|``.
 
     The keys here are tiny (default 256-bit n) and drawn from Python's ``random`` seeded
     generator: fine to learn the arithmetic, trivially breakable. Real systems use n of
@@ -998,7 +998,7 @@ class Paillier:
         return pow(self._check_cipher(c), int(k) % self.n, self.n2)
 
     def encode(self, x: float, scale: int = 2 ** 16) -> int:
-        """Fixed point: round(x * scale), negatives as n - |.|, so that sums wrap correctly mod n."""
+        """Fixed point: round(x * scale), negatives as n - ``|.|``, so that sums wrap correctly mod n."""
         v = int(round(float(x) * scale))
         if abs(v) >= self.n // 2:
             raise ValueError(f"{x} * {scale} does not fit in the plaintext space (|value| < n/2)")
@@ -1015,7 +1015,7 @@ class Paillier:
 def quantize(x: torch.Tensor, scale: float, bits: int = 32) -> torch.Tensor:
     """Fixed point modulo 2^bits: ``round(x * scale) mod 2^bits`` as int64 (negatives wrap around).
 
-    Sums of up to 2^(bits-1) / max|round(x * scale)| such values decode correctly.
+    Sums of up to 2^(bits-1) / max``|round(x * scale)|`` such values decode correctly.
     """
     bits = _check_int("bits", bits, 2)
     if bits > 62:
