@@ -175,9 +175,10 @@ def test_smoothed_cross_entropy_equals_torch_label_smoothing(eps):
     """smoothed_cross_entropy equals F.cross_entropy(label_smoothing=eps) for ids and soft targets, 1e-12."""
     z = torch.randn(16, 7, generator=gen(4), dtype=F64)
     y = torch.randint(0, 7, (16,), generator=gen(5))
-    assert torch.allclose(R.smoothed_cross_entropy(z, y, eps), F.cross_entropy(z, y, label_smoothing=eps), atol=1e-12)
+    assert torch.allclose(R.smoothed_cross_entropy(z, y, eps), F.cross_entropy(z, y, label_smoothing=eps), atol=1e-12, rtol=0)
     q = torch.softmax(torch.randn(16, 7, generator=gen(6), dtype=F64), 1)
-    assert torch.allclose(R.smoothed_cross_entropy(z, q, eps), F.cross_entropy(z, q, label_smoothing=eps), atol=1e-12)
+    assert torch.allclose(R.smoothed_cross_entropy(z, q, eps), F.cross_entropy(z, q, label_smoothing=eps), atol=1e-12, rtol=0)
+    assert R.smoothed_targets(y, 7, eps, dtype=F64).dtype == F64 and R.smoothed_targets(y, 7, eps).dtype == torch.float32
 
 
 def test_smoothed_targets_put_eps_over_k_on_every_class():
@@ -208,7 +209,7 @@ def test_mixup_mixes_inputs_and_targets_with_one_lambda():
     y = torch.arange(10)
     xm, ym = R.mixup(x, y, 0.4, 10, generator=gen(8))
     assert xm.shape == x.shape and ym.shape == (10, 10)
-    assert torch.allclose(xm, ym @ x, atol=1e-12)                 # inputs mixed with the targets' weights
+    assert torch.allclose(xm, ym @ x, atol=1e-12, rtol=0)                 # inputs mixed with the targets' weights
     assert torch.allclose(ym.sum(0), torch.ones(10, dtype=F64)) and torch.allclose(ym.sum(1), torch.ones(10, dtype=F64))
     assert (ym > 1e-12).sum(1).max() <= 2                         # each row mixes at most two examples
     assert len({round(v, 12) for v in ym.diagonal().tolist() if v < 1 - 1e-12}) <= 1   # one lam for the batch
@@ -385,8 +386,8 @@ def test_shift_images_equals_roll_with_the_border_filled():
 
 def test_rotate_by_90_degrees_equals_rot90_and_0_is_identity():
     x = torch.randn(2, 3, 8, 8, generator=gen(14), dtype=F64)
-    assert torch.allclose(R.rotate_images(x, 0.0), x, atol=1e-12)
-    assert torch.allclose(R.rotate_images(x, 90.0), torch.rot90(x, 1, dims=(2, 3)), atol=1e-12)
+    assert torch.allclose(R.rotate_images(x, 0.0), x, atol=1e-12, rtol=0)
+    assert torch.allclose(R.rotate_images(x, 90.0), torch.rot90(x, 1, dims=(2, 3)), atol=1e-12, rtol=0)
 
 
 def test_random_augmentation_keeps_shape_and_is_seeded():
@@ -412,9 +413,9 @@ def test_ridge_regression_equals_lstsq_and_sklearn_ridge():
         Phi = torch.randn(n, p, generator=g, dtype=F64)
         Y = torch.randn(n, 3, generator=g, dtype=F64)
         ref = np.linalg.lstsq(Phi.numpy(), Y.numpy(), rcond=None)[0]
-        assert np.allclose(R.ridge_regression(Phi, Y).numpy(), ref, atol=1e-8)
+        assert np.allclose(R.ridge_regression(Phi, Y).numpy(), ref, atol=1e-8, rtol=0)
         ref = Ridge(alpha=0.3, fit_intercept=False, solver="cholesky").fit(Phi.numpy(), Y.numpy()).coef_.T
-        assert np.allclose(R.ridge_regression(Phi, Y, 0.3).numpy(), ref, atol=1e-8)
+        assert np.allclose(R.ridge_regression(Phi, Y, 0.3).numpy(), ref, atol=1e-8, rtol=0)
     with pytest.raises(ValueError, match="same n"):
         R.ridge_regression(torch.zeros(3, 2), torch.zeros(4))
 

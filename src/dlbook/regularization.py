@@ -246,7 +246,7 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 # ----------------------------------------------------------------------------- label smoothing and mixup
 
-def smoothed_targets(target: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
+def smoothed_targets(target: torch.Tensor, num_classes: int, eps: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Label-smoothed target distributions: (1 - eps) * onehot(target) + eps / K.
 
     The true class gets 1 - eps + eps/K and every other class eps/K (not eps/(K-1)):
@@ -254,10 +254,11 @@ def smoothed_targets(target: torch.Tensor, num_classes: int, eps: float) -> torc
 
     Args:
         target: class ids (N,), or probability rows (N, K) that are smoothed the same way.
-        num_classes: K >= 2. eps: in [0, 1).
+        num_classes: K. eps: in [0, 1).
+        dtype: of the result; default float32 for class ids, the targets' own dtype for probabilities.
 
     Returns:
-        (N, K) float rows that sum to 1 (float32, or the dtype of probability targets).
+        (N, K) float rows that sum to 1.
     """
     K = _positive_int("num_classes", num_classes)
     eps = _probability("eps", eps)
@@ -265,9 +266,9 @@ def smoothed_targets(target: torch.Tensor, num_classes: int, eps: float) -> torc
     if target.is_floating_point():
         if target.dim() != 2 or target.shape[1] != K:
             raise ValueError(f"probability targets must have shape (N, {K}), got {tuple(target.shape)}")
-        q = target
+        q = target if dtype is None else target.to(dtype)
     else:
-        q = F.one_hot(_class_ids("target", target, len(target), K), K).float()
+        q = F.one_hot(_class_ids("target", target, len(target), K), K).to(dtype or torch.float32)
     return (1.0 - eps) * q + eps / K
 
 
@@ -292,7 +293,7 @@ def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: floa
         _class_ids("target", target, logits.shape[0], logits.shape[1])
     elif target.shape != logits.shape:
         raise ValueError(f"probability targets must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}")
-    q = smoothed_targets(target, logits.shape[1], eps).to(logits.dtype)
+    q = smoothed_targets(target, logits.shape[1], eps, dtype=logits.dtype)
     return -(q * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
@@ -329,7 +330,7 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int,
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
     if x.dim() < 1 or len(x) != len(y):
         raise ValueError(f"x and y must have the same number of rows, got {tuple(x.shape)} and {tuple(y.shape)}")
-    q = smoothed_targets(y, num_classes, 0.0).to(x.dtype)
+    q = smoothed_targets(y, num_classes, 0.0, dtype=x.dtype)
     lam = _beta_sample(float(alpha), generator)
     perm = torch.randperm(len(x), generator=generator).to(x.device)
     return lam * x + (1 - lam) * x[perm], lam * q + (1 - lam) * q[perm]
