@@ -34,6 +34,7 @@ PAGES = {
     # every other page with a widget, so a widget that fails to render anywhere is caught
     "chapters/01_sgd/01_minibatch_sgd.html": {"math": True, "figures": 2, "widgets": 1},
     "chapters/02_normalization/02_batchnorm_mlp_cnn.html": {"math": True, "figures": 1, "widgets": 1},
+    "chapters/05_regularization/06_smoothing_mixup_calibration.html": {"math": True, "figures": 2, "widgets": 1},
 }
 
 pytestmark = pytest.mark.skipif(not (SITE / "index.html").exists(), reason="the site is not built (run make book)")
