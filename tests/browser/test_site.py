@@ -38,6 +38,7 @@ PAGES = {
     "book/api/norm.html": {"math": True, "figures": 0, "widgets": 0},
     # the bilingual glossary: math, and Chinese terms (checked for glyphs below)
     "book/glossary.html": {"math": True, "figures": 0, "widgets": 0},
+    "chapters/05_regularization/06_smoothing_mixup_calibration.html": {"math": True, "figures": 2, "widgets": 1},
 }
 
 pytestmark = pytest.mark.skipif(not (SITE / "index.html").exists(), reason="the site is not built (run make book)")
