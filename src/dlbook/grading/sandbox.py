@@ -160,6 +160,10 @@ def _bind_readonly(libc: _Libc, source: str, target: str) -> None:
 def _build_root(libc: _Libc, root: str, hide: list[str], tmp_mb: int) -> None:
     """Make ``root`` (an empty folder) the new file system: read-only binds, /dev, /tmp; then move it to /."""
     libc.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
+    # The private /tmp comes first: a checkout or venv that lives under /tmp (a CI clone, say) is then
+    # bound on top of it below, instead of being hidden by it.
+    os.makedirs(root + "/tmp", exist_ok=True)
+    libc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_mb}m")
     bound: list[str] = []
     for path in _visible_paths():
         if any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
@@ -184,8 +188,6 @@ def _build_root(libc: _Libc, root: str, hide: list[str], tmp_mb: int) -> None:
         libc.mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
     os.makedirs(root + "/dev/shm", exist_ok=True)
     libc.mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_mb}m")
-    os.makedirs(root + "/tmp", exist_ok=True)
-    libc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_mb}m")
     os.makedirs(root + "/proc", exist_ok=True)
     # Mounted from PID 1 of the new PID namespace, before the old root goes (a user namespace may mount a
     # proc only while another one is visible).
