@@ -6,6 +6,7 @@ Questions and the learner's names they read:
 * q2 ``bce_with_logits(logits, targets)``, numerically stable (4 points)
 * q3 ``log_softmax(logits)`` and ``cross_entropy(logits, targets)`` (4 points)
 * q4 ``mlp_forward(x, weights, biases)`` and ``n_params`` (3 points)
+* q5 ``backward_two_layer(x, y, W1, b1, W2, b2)`` and ``relative_error(a, b)`` (4 points)
 
 Every reference result comes from torch, bound at import (before any learner
 code runs), in float64. When an answer is wrong, the tests try the usual
@@ -175,3 +176,55 @@ def n_params_counts_weights_and_biases(ns):
     if got == 64 * 32 + 32 * 10:
         raise AssertionError(f"n_params = {got}: you counted the weights; add one bias per output unit")
     assert got == expected, f"n_params = {got}: each layer has n_in * n_out weights and n_out biases"
+
+
+# ---------------------------------------------------------------------------------------------- q5
+
+
+def _two_layer_problem():
+    g = generator(7)
+    x = torch.randn(12, 6, generator=g, dtype=F64)
+    y = torch.randint(0, 4, (12,), generator=g)
+    W1 = torch.randn(8, 6, generator=g, dtype=F64) * 0.6
+    b1 = torch.randn(8, generator=g, dtype=F64) * 0.1
+    W2 = torch.randn(4, 8, generator=g, dtype=F64) * 0.6
+    b2 = torch.randn(4, generator=g, dtype=F64) * 0.1
+    return x, y, W1, b1, W2, b2
+
+
+def _two_layer_reference(x, y, W1, b1, W2, b2):
+    params = [p.clone().requires_grad_() for p in (W1, b1, W2, b2)]
+    a = x @ params[0].T + params[1]
+    loss = ref_cross_entropy(torch.relu(a) @ params[2].T + params[3], y)
+    return torch.autograd.grad(loss, params), a.detach()
+
+
+@question("q5", points=3, timeout=10)
+def backprop_by_hand_matches_autograd(ns):
+    """backward_two_layer returns dW1, db1, dW2, db2 of the mean cross-entropy, equal to autograd (float64)."""
+    x, y, W1, b1, W2, b2 = _two_layer_problem()
+    (gW1, gb1, gW2, gb2), a = _two_layer_reference(x, y, W1, b1, W2, b2)
+    out = ns.backward_two_layer(x, y, W1.clone(), b1.clone(), W2.clone(), b2.clone())
+    assert isinstance(out, (tuple, list)) and len(out) == 4, (
+        f"return the four gradients (dW1, db1, dW2, db2), got {type(out).__name__}")
+    for name, mine, expected in zip(("dW1", "db1", "dW2", "db2"), out, (gW1, gb1, gW2, gb2)):
+        n = x.shape[0]
+        assert_close(mine, expected, atol=1e-10, hint=hint_for(mine, {
+            "the gradient of the mean has a 1/N: you computed the gradient of the sum": expected * n,
+            "shapes: dW = delta.T @ h has the shape of W, (out, in); you returned its transpose": expected.T,
+        }, f"{name}: dZ = (softmax(Z) - onehot(y)) / N; dW2 = dZ.T @ H; db2 = dZ.sum(0); "
+           "dA = (dZ @ W2) * (A > 0); dW1 = dA.T @ x; db1 = dA.sum(0)"))
+
+
+@question("q5", points=1, timeout=10)
+def gradient_check_relative_error(ns):
+    """relative_error(a, b) = ||a - b|| / (||a|| + ||b||), the scale-free number a gradient check reports."""
+    g = generator(8)
+    a = torch.randn(5, 3, generator=g, dtype=F64)
+    b = a + 1e-3 * torch.randn(5, 3, generator=g, dtype=F64)
+    expected = ((a - b).norm() / (a.norm() + b.norm())).item()
+    got = float(ns.relative_error(a, b))
+    wrong = {"that is the absolute error ||a - b||: divide by ||a|| + ||b||": (a - b).norm().item(),
+             "divide by ||a|| + ||b||, not by ||a||": ((a - b).norm() / a.norm()).item()}
+    hint = next((h for h, v in wrong.items() if abs(got - v) < 1e-12), "||a - b|| / (||a|| + ||b||), with the L2 norm")
+    assert abs(got - expected) < 1e-12, f"relative_error = {got:.6g}, expected {expected:.6g}: {hint}"
