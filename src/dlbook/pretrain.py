@@ -22,9 +22,12 @@ V vocabulary size.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -34,13 +37,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlbook.data import cache_dir, docstring_corpus, pydoc_text, tensor_loader
+from dlbook.data import cache_dir, pydoc_text, tensor_loader
 from dlbook.train import History, fit
 from dlbook.transformer import GPT, Encoder, EncoderDecoder, _sampled_training, train_lm
 
 __all__ = [
     "PretrainTokenizer", "DocTask", "docstring_task", "pretraining_text", "mask_tokens", "span_corrupt",
-    "span_restore", "pad_sequences", "pool", "combine_layers", "MLMEncoder", "hidden_states",
+    "span_restore", "pad_sequences", "module_docstrings", "TASK_GROUPS", "pool", "combine_layers", "MLMEncoder", "hidden_states",
     "SequenceClassifier", "finetune_classifier", "pretrain_mlm", "pretrain_clm", "pretrain_span", "pretrain",
     "pretrained", "IGNORE_INDEX",
 ]
@@ -73,30 +76,58 @@ def _check_long(name: str, ids, dims: tuple[int, ...]) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- tokenizer
 
+_WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
+
+
 class PretrainTokenizer:
-    """Character tokenizer with the special tokens of BERT and T5 in front.
+    """Character- or word-level tokenizer with the special tokens of BERT and T5 in front.
 
     Ids: 0 [PAD], 1 [CLS], 2 [SEP], 3 [MASK], 4 [UNK], then ``n_sentinels`` sentinels
-    ``<s0>``, ``<s1>``, ... (T5's ``<extra_id_i>``), then the characters of ``text`` in
-    sorted order. Characters not seen in ``text`` map to [UNK], so a vocabulary learned from
-    the pretraining corpus alone can encode any downstream text.
+    ``<s0>``, ``<s1>``, ... (T5's ``<extra_id_i>``), then the vocabulary learned from ``text``:
+
+    * ``level="char"``: every character of ``text``, in sorted order;
+    * ``level="word"``: the text is lower-cased and split into words, numbers and single
+      punctuation marks; the ``max_vocab`` most frequent of those seen at least twice are kept
+      (by count, ties alphabetically). A word vocabulary lets a small model learn what words
+      mean from their contexts within seconds; characters would first have to be assembled
+      into words, which takes far longer than a notebook's budget.
+
+    Anything not in the vocabulary maps to [UNK], so a vocabulary learned from the
+    pretraining corpus alone can encode any downstream text.
 
     Args:
-        text: the text whose characters form the vocabulary.
+        text: the text the vocabulary is learned from.
         n_sentinels: number of sentinel tokens (>= 1).
+        level: ``"char"`` or ``"word"``.
+        max_vocab: word level only: how many words to keep (default 4000).
     """
 
     SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
 
-    def __init__(self, text: str, n_sentinels: int = 16):
+    def __init__(self, text: str, n_sentinels: int = 16, level: str = "char", max_vocab: int | None = None):
         if not isinstance(text, str) or not text:
-            raise ValueError("PretrainTokenizer needs a non-empty string to learn its characters from")
+            raise ValueError("PretrainTokenizer needs a non-empty string to learn its vocabulary from")
+        if level not in ("char", "word"):
+            raise ValueError(f"level must be 'char' or 'word', got {level!r}")
         _check_int("n_sentinels", n_sentinels)
-        self.itos = list(self.SPECIALS) + [f"<s{i}>" for i in range(n_sentinels)] + sorted(set(text))
+        if level == "char":
+            vocab = sorted(set(text))
+        else:
+            counts: dict[str, int] = {}
+            for w in _WORD.findall(text.lower()):
+                counts[w] = counts.get(w, 0) + 1
+            ranked = sorted((w for w, c in counts.items() if c >= 2), key=lambda w: (-counts[w], w))
+            vocab = ranked[:_check_int("max_vocab", 4000 if max_vocab is None else max_vocab)]
+        self.level = level
+        self.itos = list(self.SPECIALS) + [f"<s{i}>" for i in range(n_sentinels)] + vocab
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.pad_id, self.cls_id, self.sep_id, self.mask_id, self.unk_id = range(5)
         self.sentinel_ids = tuple(range(5, 5 + n_sentinels))
         self.n_special = 5 + n_sentinels
+
+    def tokens(self, text: str) -> list[str]:
+        """The text split into tokens: its characters, or its lower-cased words and marks."""
+        return list(text) if self.level == "char" else _WORD.findall(text.lower())
 
     @property
     def vocab_size(self) -> int:
@@ -108,23 +139,22 @@ class PretrainTokenizer:
         return tuple(range(self.n_special))
 
     def encode(self, text: str) -> torch.Tensor:
-        """A string of length T -> int64 ids of shape (T,); unknown characters -> [UNK]."""
-        return torch.tensor([self.stoi.get(ch, self.unk_id) if len(ch) == 1 else self.unk_id for ch in text],
-                            dtype=torch.long)
+        """A string -> int64 ids of shape (T,), one per token; unknown tokens -> [UNK]."""
+        return torch.tensor([self.stoi.get(t, self.unk_id) for t in self.tokens(text)], dtype=torch.long)
 
     def decode(self, ids) -> str:
         """Ids (any 1-D sequence) -> string; special tokens are written by name, e.g. ``[MASK]``."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         if any(not 0 <= i < self.vocab_size for i in ids):
             raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
-        return "".join(self.itos[i] for i in ids)
+        return ("" if self.level == "char" else " ").join(self.itos[i] for i in ids)
 
     def encode_batch(self, texts, max_len: int, cls: bool = True) -> torch.Tensor:
         """Texts -> (B, max_len) ids: [CLS] (if ``cls``) + the first characters, then [PAD]s."""
         _check_int("max_len", max_len, 2)
         out = torch.full((len(texts), max_len), self.pad_id, dtype=torch.long)
         for i, text in enumerate(texts):
-            ids = self.encode(text[:max_len])
+            ids = self.encode(text[:max_len] if self.level == "char" else text)[:max_len]
             if cls:
                 ids = torch.cat([torch.tensor([self.cls_id]), ids])
             ids = ids[:max_len]
@@ -132,12 +162,12 @@ class PretrainTokenizer:
         return out
 
     def state_dict(self) -> dict:
-        return {"itos": list(self.itos), "n_special": self.n_special}
+        return {"itos": list(self.itos), "n_special": self.n_special, "level": self.level}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "PretrainTokenizer":
         tok = cls.__new__(cls)
-        tok.itos = list(state["itos"])
+        tok.itos, tok.level = list(state["itos"]), state.get("level", "char")
         tok.stoi = {s: i for i, s in enumerate(tok.itos)}
         tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.unk_id = range(5)
         tok.n_special = int(state["n_special"])
@@ -151,20 +181,39 @@ class PretrainTokenizer:
 # ----------------------------------------------------------------------------- data
 
 TASK_GROUPS = {
-    "text": ("re", "string", "textwrap"),
-    "data": ("collections", "functools", "itertools", "typing"),
-    "system": ("os", "pathlib", "json"),
-    "numbers": ("random", "statistics"),
+    "text": ("re", "string", "textwrap", "difflib", "html", "html.parser", "codecs", "csv", "unicodedata",
+             "shlex", "tokenize"),
+    "containers": ("collections", "heapq", "bisect", "queue", "enum", "dataclasses", "array", "weakref", "copy",
+                   "contextlib"),
+    "files": ("os", "pathlib", "shutil", "glob", "tempfile", "zipfile", "tarfile", "io", "gzip", "fnmatch"),
+    "numbers": ("random", "statistics", "math", "decimal", "fractions", "cmath", "numbers", "operator"),
 }
 """Default module families of the downstream task: label = the family a docstring's module belongs to."""
 
-_EXTRA_MODULES = ("abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "codecs", "contextlib",
-                  "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "enum", "fractions", "glob",
-                  "gzip", "hashlib", "heapq", "hmac", "html", "inspect", "io", "ipaddress", "logging", "math",
-                  "operator", "pickle", "pprint", "queue", "shutil", "socket", "sqlite3", "struct",
-                  "subprocess", "tarfile", "tempfile", "threading", "time", "tokenize", "traceback",
-                  "unittest", "urllib.parse", "uuid", "warnings", "weakref", "zipfile", "zlib")
+_EXTRA_MODULES = ("abc", "argparse", "ast", "asyncio", "base64", "calendar", "datetime", "email.message",
+                  "functools", "hashlib", "hmac", "http.client", "inspect", "ipaddress", "itertools", "json",
+                  "logging", "pickle", "pprint", "socket", "sqlite3", "string.templatelib", "struct",
+                  "subprocess", "threading", "time", "traceback", "typing", "unittest", "urllib.parse",
+                  "urllib.request", "uuid", "warnings", "xml.dom.minidom", "zlib")
 """Modules whose docstrings join the unlabelled pretraining text (none is in the downstream task)."""
+
+
+def module_docstrings(name: str, min_length: int = 100, methods: bool = True) -> list[str]:
+    """Distinct docstrings (``inspect.getdoc``) of a module's own functions and classes and, with
+    ``methods``, of the classes' methods, of at least ``min_length`` characters, in a stable order."""
+    module = importlib.import_module(name)
+    found: dict[str, None] = {}
+    for attr in sorted(dir(module)):
+        obj = getattr(module, attr, None)
+        if obj is None or getattr(obj, "__module__", None) not in (name, f"_{name}", None):
+            continue
+        members = [obj] + ([v for _, v in sorted(vars(obj).items()) if not isinstance(v, (str, int, float))]
+                           if methods and isinstance(obj, type) else [])
+        for member in members:
+            doc = inspect.getdoc(member)
+            if doc and len(doc) >= min_length:
+                found.setdefault(doc)
+    return list(found)
 
 
 @dataclass(frozen=True)
@@ -189,8 +238,8 @@ class DocTask:
         return tokenizer.encode_batch(texts, max_len), torch.tensor(labels, dtype=torch.long)
 
 
-def docstring_task(groups: dict | None = None, val_frac: float = 0.2, test_frac: float = 0.3, seed: int = 0,
-                   min_length: int = 200) -> DocTask:
+def docstring_task(groups: dict | None = None, val_frac: float = 0.15, test_frac: float = 0.35, seed: int = 0,
+                   min_length: int = 100) -> DocTask:
     """Which module family a standard-library docstring comes from, split before any pretraining.
 
     Each distinct docstring text appears once (a text found in two modules is dropped, its
@@ -198,7 +247,8 @@ def docstring_task(groups: dict | None = None, val_frac: float = 0.2, test_frac:
     (stratified) into train / val / test.
 
     Args:
-        groups: ``{class name: module names}``; default ``TASK_GROUPS`` (4 families of 12 modules).
+        groups: ``{class name: module names}``; default ``TASK_GROUPS`` (4 families of 39 modules).
+            Docstrings come from ``module_docstrings`` (functions, classes and methods).
         val_frac, test_frac: fractions of each class for validation and test.
     """
     groups = TASK_GROUPS if groups is None else groups
@@ -209,8 +259,9 @@ def docstring_task(groups: dict | None = None, val_frac: float = 0.2, test_frac:
     classes = tuple(groups)
     owner: dict[str, set] = {}
     for label, name in enumerate(classes):
-        for doc, _ in docstring_corpus(tuple(groups[name]), min_length=min_length):
-            owner.setdefault(doc, set()).add(label)
+        for module in groups[name]:
+            for doc in module_docstrings(module, min_length):
+                owner.setdefault(doc, set()).add(label)
     g = torch.Generator().manual_seed(seed)
     splits = {"train": ([], []), "val": ([], []), "test": ([], [])}
     for label in range(len(classes)):
@@ -235,7 +286,7 @@ def pretraining_text(task: DocTask, extra_modules=_EXTRA_MODULES, include_train:
     downstream evaluation never sees text the model was pretrained on. Deterministic.
     """
     held_out = set(task.val[0]) | set(task.test[0])
-    extra = [d for m in extra_modules if _importable(m) for d, _ in docstring_corpus((m,), min_length=100)]
+    extra = [d for m in extra_modules if _importable(m) for d in module_docstrings(m, min_length=50)]
     parts = [p for p in pydoc_text().split("\n\n")] + extra + (list(task.train[0]) if include_train else [])
     kept = [p for p in parts if p not in held_out and not any(h in p for h in held_out if len(h) <= len(p))]
     return "\n\n".join(kept)
@@ -551,6 +602,14 @@ class MLMEncoder(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
+    def mlm_loss(self, idx: torch.Tensor, labels: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """The same loss as ``forward(idx, labels=labels)[1]``, computing the (V-wide) output layer only
+        at the selected positions (labels != -100): cheaper with a large vocabulary."""
+        h = self.encode(idx, attention_mask)
+        sel = labels != IGNORE_INDEX
+        logits = F.linear(h[sel], self.tok_emb.weight, self.head_bias)          # (n_selected, V)
+        return F.cross_entropy(logits.float(), labels[sel])
+
     pool = staticmethod(pool)
 
 
@@ -687,7 +746,7 @@ def pretrain_mlm(model: MLMEncoder, ids: torch.Tensor, tokenizer: PretrainTokeni
         x = torch.cat([torch.full((batch_size, 1), tokenizer.cls_id), x], dim=1)
         inputs, labels = mask_tokens(x, tokenizer.mask_id, tokenizer.vocab_size,
                                      [s for s in tokenizer.special_ids if s != tokenizer.mask_id], p, g)
-        return model(inputs.to(device), labels=labels.to(device))[1]
+        return model.mlm_loss(inputs.to(device), labels.to(device))
 
     return _sampled_training(model, batch_loss, steps, lr, weight_decay, warmup, clip_grad_norm, seed, amp)
 
@@ -763,9 +822,9 @@ def build_model(objective: str, vocab_size: int, block_size: int, n_layer: int =
 __all__.append("build_model")
 
 
-def pretrained(objective: str = "mlm", steps: int = 1500, block_size: int = 128, n_layer: int = 4,
-               n_embd: int = 64, batch_size: int = 32, lr: float = 2e-3, seed: int = 0, cache: bool = True,
-               root: str | Path | None = None, verbose: bool = True):
+def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n_layer: int = 2,
+               n_embd: int = 64, batch_size: int = 32, lr: float = 2e-3, level: str = "word", seed: int = 0,
+               cache: bool = True, root: str | Path | None = None, verbose: bool = True):
     """Pretrain a model on ``pretraining_text(docstring_task())`` once and cache its weights.
 
     The file lives in ``root`` (default ``dlbook.data.cache_dir() / "pretrain"``), named by a hash
@@ -781,7 +840,7 @@ def pretrained(objective: str = "mlm", steps: int = 1500, block_size: int = 128,
     import time
 
     config = dict(objective=objective, steps=steps, block_size=block_size, n_layer=n_layer, n_embd=n_embd,
-                  batch_size=batch_size, lr=lr, seed=seed, torch=torch.__version__.split("+")[0], v=1)
+                  batch_size=batch_size, lr=lr, level=level, seed=seed, torch=torch.__version__.split("+")[0], v=1)
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(root) if root is not None else cache_dir() / "pretrain"
     path = folder / f"{objective}-{key}.pt"
@@ -796,7 +855,7 @@ def pretrained(objective: str = "mlm", steps: int = 1500, block_size: int = 128,
         except Exception:  # noqa: BLE001 - a corrupt or stale file is simply re-created
             pass
     text = pretraining_text(task)
-    tok = PretrainTokenizer(text)
+    tok = PretrainTokenizer(text, level=level)
     ids = tok.encode(text)
     torch.manual_seed(seed)
     model = build_model(objective, tok.vocab_size, block_size, n_layer, 4, n_embd)
