@@ -650,7 +650,9 @@ class SequenceClassifier(nn.Module):
         layers, combine: which hidden states and how to combine them (``combine_layers``).
         head: ``"linear"`` (C' -> K) or ``"mlp"`` (C' -> C' -> K with a tanh, as BERT's pooler).
         freeze: keep the backbone fixed (feature-based transfer / linear probe): its parameters
-            get ``requires_grad=False`` and it runs in eval mode without a graph.
+            get ``requires_grad=False`` (in place: pass ``copy.deepcopy(backbone)`` to keep the
+            original trainable) and it runs in eval mode without a graph. ``freeze=False`` leaves
+            every ``requires_grad`` as it is (so adapters can freeze what they choose).
         pad_id: padding id used to build the attention mask.
 
     forward(idx (B, T)) -> logits (B, K); padding (``idx == pad_id``) is masked out.
