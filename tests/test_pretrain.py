@@ -265,3 +265,16 @@ def test_pretrained_caches_atomically_and_reloads_the_same_weights(tmp_path, mon
     assert info2["cached"] and info2["losses"] == info["losses"]
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_word_level_tokenizer_keeps_frequent_words_and_maps_the_rest_to_unk():
+    """Word level: lower-cased words, numbers and single marks; words seen once are left out
+    (-> [UNK]); the most frequent word gets the first id after the specials."""
+    tok = PretrainTokenizer("The cat sat. the cat ran, the dog 42 42!", n_sentinels=2, level="word")
+    assert tok.itos[tok.n_special] == "the"
+    assert tok.tokens("The cat, 42!") == ["the", "cat", ",", "42", "!"]
+    ids = tok.encode("the cat sat")
+    assert tok.decode(ids[:2]) == "the cat" and ids[2].item() == tok.unk_id     # "sat" was seen once
+    assert PretrainTokenizer.from_state_dict(tok.state_dict()).encode("the cat").tolist() == ids[:2].tolist()
+    with pytest.raises(ValueError, match="level"):
+        PretrainTokenizer("abc", level="byte")

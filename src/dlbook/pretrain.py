@@ -805,7 +805,8 @@ def build_model(objective: str, vocab_size: int, block_size: int, n_layer: int =
                 n_embd: int = 64, std: float | None = None) -> nn.Module:
     """A fresh model for an objective: ``MLMEncoder`` (mlm), ``GPT`` (clm) or ``EncoderDecoder`` (span),
     all with the same width and depth (the encoder-decoder has n_layer // 2 layers on each side,
-    so the three have a similar parameter count) and the same init scale (default 1/sqrt(C))."""
+    so the three have a similar parameter count), one vocabulary matrix shared by input and output
+    embeddings, and the same init scale (default 1/sqrt(C))."""
     std = 1 / math.sqrt(n_embd) if std is None else std
     if objective == "mlm":
         return MLMEncoder(vocab_size, block_size, n_layer, n_head, n_embd, pad_id=0, std=std)
@@ -816,6 +817,8 @@ def build_model(objective: str, vocab_size: int, block_size: int, n_layer: int =
     if objective == "span":
         model = EncoderDecoder(vocab_size, vocab_size, block_size, max(1, n_layer // 2), n_head, n_embd,
                                src_pad_id=0)
+        model.tgt_emb.weight = model.src_emb.weight            # one shared vocabulary matrix, as T5
+        model.head.weight = model.src_emb.weight
         _reset(model, max(1, n_layer // 2), std)
         return model
     raise ValueError(f"objective must be 'mlm', 'clm' or 'span', got {objective!r}")
