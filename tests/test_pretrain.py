@@ -278,3 +278,16 @@ def test_word_level_tokenizer_keeps_frequent_words_and_maps_the_rest_to_unk():
     assert PretrainTokenizer.from_state_dict(tok.state_dict()).encode("the cat").tolist() == ids[:2].tolist()
     with pytest.raises(ValueError, match="level"):
         PretrainTokenizer("abc", level="byte")
+
+
+def test_module_docstrings_do_not_depend_on_what_else_was_imported():
+    """Submodules are skipped, so the task and the corpus are the same in a plain script and in a
+    kernel that imported more (os.path is an attribute of os; its docstring must not be collected)."""
+    import inspect
+    import os
+
+    from dlbook.pretrain import module_docstrings
+
+    docs = module_docstrings("os")
+    assert docs and inspect.getdoc(os.path) not in docs
+    assert module_docstrings("os") == docs

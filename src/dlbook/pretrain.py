@@ -205,7 +205,8 @@ def module_docstrings(name: str, min_length: int = 100, methods: bool = True) ->
     found: dict[str, None] = {}
     for attr in sorted(dir(module)):
         obj = getattr(module, attr, None)
-        if obj is None or getattr(obj, "__module__", None) not in (name, f"_{name}", None):
+        # submodules are skipped: which of them are attributes depends on what else was imported
+        if obj is None or inspect.ismodule(obj) or getattr(obj, "__module__", None) not in (name, f"_{name}", None):
             continue
         members = [obj] + ([v for _, v in sorted(vars(obj).items()) if not isinstance(v, (str, int, float))]
                            if methods and isinstance(obj, type) else [])
@@ -845,7 +846,7 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
     import time
 
     config = dict(objective=objective, steps=steps, block_size=block_size, n_layer=n_layer, n_embd=n_embd,
-                  batch_size=batch_size, lr=lr, level=level, seed=seed, torch=torch.__version__.split("+")[0], v=1)
+                  batch_size=batch_size, lr=lr, level=level, seed=seed, torch=torch.__version__.split("+")[0], v=2)
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(root) if root is not None else cache_dir() / "pretrain"
     path = folder / f"{objective}-{key}.pt"
