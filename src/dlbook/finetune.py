@@ -16,6 +16,9 @@ T length, C model width, H heads, D = C // H head width, L layers, P prefix/prom
   vectors per head at *every* layer, attended to by every query.
 * ``PromptTuning`` (prompt tuning): P trainable input embeddings in front of the
   tokens, nothing else trained.
+* ``digit_task`` (a family of toy sequence tasks: copy x, reverse it and/or shift every
+  digit), ``train_steps`` (AdamW on the trainable parameters only) and ``answer_accuracy``:
+  what the chapter's experiments adapt and measure.
 * ``count_trainable``; the preference losses ``bradley_terry_loss`` (reward model)
   and ``dpo_loss``; ``sequence_logprob`` sums log pi(y | x) over response tokens only.
 
@@ -39,6 +42,7 @@ __all__ = [
     "LoRALinear", "add_lora", "merge_lora", "unmerge_lora", "freeze",
     "Adapter", "add_adapters", "PrefixAttention", "add_prefix", "PromptTuning",
     "count_trainable", "bradley_terry_loss", "sequence_logprob", "dpo_loss", "implicit_reward",
+    "SEP", "digit_task", "train_steps", "answer_accuracy",
 ]
 
 
@@ -529,3 +533,94 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
         raise ValueError(f"the four log-probability tensors must have one shape (N,), got {sorted(shapes)}")
     margin = (policy_chosen_logps - ref_chosen_logps.detach()) - (policy_rejected_logps - ref_rejected_logps.detach())
     return -F.logsigmoid(beta * margin).mean()
+
+
+# ----------------------------------------------------------------------------- a toy suite of tasks
+
+SEP = 10  # token id of the separator between input and answer; digits are 0..9, task tokens from 11
+
+
+def digit_task(n: int, length: int = 4, reverse: bool = False, shift: int = 0, task_token: int = 11,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Examples of one digit-transformation task as language-model inputs and targets.
+
+    A sequence is ``[task_token, x_1..x_L, SEP, y_1..y_L]`` with x uniform random digits and
+    y = (x reversed if ``reverse``) + ``shift`` mod 10. Inputs are the sequence without its
+    last token, targets the sequence shifted by one, with -100 (ignored by
+    ``F.cross_entropy``, hence by ``GPT``'s loss) everywhere but on the answer digits.
+
+    Args:
+        n: number of examples.
+        length: L, digits per input.
+        reverse, shift: the task.
+        task_token: the id that names the task (>= 11 by convention).
+        generator: for the random digits.
+
+    Returns:
+        inputs (n, 2L + 1) and targets (n, 2L + 1), int64.
+    """
+    _check_positive_int("n", n)
+    _check_positive_int("length", length)
+    if isinstance(shift, bool) or not isinstance(shift, int):
+        raise TypeError(f"shift must be an int, got {type(shift).__name__}")
+    x = torch.randint(0, 10, (n, length), generator=generator)
+    y = ((x.flip(1) if reverse else x) + shift) % 10
+    seq = torch.cat([torch.full((n, 1), task_token), x, torch.full((n, 1), SEP), y], dim=1)   # (n, 2L + 2)
+    targets = seq[:, 1:].clone()
+    targets[:, :length + 1] = -100
+    return seq[:, :-1], targets
+
+
+def train_steps(model: nn.Module, batches, steps: int, lr: float, weight_decay: float = 0.0,
+                clip_grad_norm: float | None = 1.0) -> list[float]:
+    """AdamW on the *trainable* parameters of a GPT-like model, one batch per step.
+
+    Args:
+        model: ``model(x, y)`` -> (logits, loss), like ``dlbook.transformer.GPT`` or ``PromptTuning``.
+        batches: a callable ``batches(step)`` -> (x, y) on the model's device.
+        steps: number of optimizer steps.
+        lr: constant learning rate.
+        weight_decay, clip_grad_norm: as in ``torch.optim.AdamW`` / ``clip_grad_norm_`` (None: no clipping).
+
+    Returns:
+        The training loss of every step.
+    """
+    _check_positive_int("steps", steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model.train()
+    losses = []
+    for step in range(steps):
+        x, y = batches(step)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def answer_accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024) -> float:
+    """Fraction of examples whose every scored target (targets != -100) is the argmax prediction.
+
+    Args:
+        model: ``model(x)`` -> logits (B, T, V) or (logits, ...).
+        inputs, targets: (N, T) as from ``digit_task`` (teacher forcing: each answer digit is
+            predicted from the true earlier digits).
+    """
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(inputs), batch_size):
+        out = model(inputs[i:i + batch_size])
+        logits = out[0] if isinstance(out, tuple) else out
+        y = targets[i:i + batch_size]
+        ok = (logits.argmax(-1) == y) | (y == -100)
+        correct += int(ok.all(dim=1).sum())
+    model.train(was_training)
+    return correct / len(inputs)
