@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dlbook.finetune import (Adapter, LoRALinear, PrefixAttention, PromptTuning, add_adapters, add_lora,
                              add_prefix, bradley_terry_loss, count_trainable, dpo_loss, freeze,
-                             SEP, answer_accuracy, digit_task, implicit_reward, merge_lora, sequence_logprob,
+                             DIGIT_TASKS, SEP, answer_accuracy, digit_mixture, digit_task, implicit_reward, merge_lora, sequence_logprob,
                              train_steps, unmerge_lora)
 from dlbook.transformer import GPT, MultiHeadAttention
 
@@ -371,3 +371,16 @@ def test_train_steps_fits_a_task_and_answer_accuracy_counts_whole_answers():
     frozen = freeze(model)
     with pytest.raises(ValueError, match="trainable"):
         train_steps(frozen, lambda s: (x, y), 1, 1e-3)
+
+
+def test_digit_mixture_names_each_example_by_its_task():
+    """Every example of the mixture follows the task its first token names."""
+    x, y = digit_mixture([0, 6, 9], 300, generator=gen(3))
+    assert set(x[:, 0].tolist()) == {11, 17, 20}
+    for i in (0, 6, 9):
+        rows = x[:, 0] == 11 + i
+        reverse, shift = DIGIT_TASKS[i]
+        digits = x[rows, 1:5]
+        torch.testing.assert_close(y[rows, 5:], ((digits.flip(1) if reverse else digits) + shift) % 10)
+    with pytest.raises(ValueError, match="DIGIT_TASKS"):
+        digit_mixture([10], 4)
