@@ -467,7 +467,9 @@ def sequence_logprob(model: nn.Module, prompt: torch.Tensor, response: torch.Ten
                      response_mask: torch.Tensor | None = None) -> torch.Tensor:
     """log pi(response | prompt) = sum over response tokens of log p(y_t | prompt, y_<t).
 
-    The prompt's own tokens are context only: their log-probabilities are not counted.
+    The prompt's own tokens are context only: their log-probabilities are not counted. The
+    model sees prompt + response without its last token (Tp + Tr - 1 positions, so a model
+    with block size T fits prompt and response of total length T + 1).
 
     Args:
         model: a causal LM, ``model(idx)`` -> logits (B, T, V) or a tuple whose first item they are.
@@ -486,8 +488,8 @@ def sequence_logprob(model: nn.Module, prompt: torch.Tensor, response: torch.Ten
         raise ValueError(f"prompt must have shape (B, Tp) with Tp >= 1 and the response's B, got "
                          f"{tuple(prompt.shape)} for a response of shape {tuple(response.shape)}")
     tp, tr = prompt.size(1), response.size(1)
-    out = model(torch.cat([prompt, response], dim=1))
-    logits = out[0] if isinstance(out, tuple) else out                           # (B, Tp+Tr, V)
+    out = model(torch.cat([prompt, response[:, :-1]], dim=1))                   # the last token predicts nothing
+    logits = out[0] if isinstance(out, tuple) else out                           # (B, Tp+Tr-1, V)
     logits = logits[:, tp - 1:tp + tr - 1]                                      # predicts the response
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
