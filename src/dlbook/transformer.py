@@ -479,6 +479,46 @@ def evaluate_lm(model: GPT, ids: torch.Tensor, batch_size: int = 64, max_windows
     return total / len(X)
 
 
+def _adamw_warmup_cosine(model: nn.Module, steps: int, lr: float, weight_decay: float, warmup: int | None):
+    """AdamW (no decay on biases and norms) with linear warmup, then cosine decay to lr/10.
+
+    Shared by ``train_lm`` and ``dlbook.pretrain``'s loops. warmup defaults to steps // 20."""
+    warmup = max(1, steps // 20) if warmup is None else warmup
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else 0.1 + 0.45 * (
+        1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    return opt, sched
+
+
+def _sampled_training(model: nn.Module, batch_loss, steps: int, lr: float, weight_decay: float,
+                      warmup: int | None, clip_grad_norm: float | None, seed: int, amp: bool) -> list[float]:
+    """``steps`` AdamW steps (warmup + cosine) on ``batch_loss(generator)`` -> per-step losses.
+
+    The loop of ``train_lm``, shared with ``dlbook.pretrain``'s objectives: each step samples its
+    own batch from one generator seeded with ``seed``."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = next(model.parameters()).device
+    opt, sched = _adamw_warmup_cosine(model, steps, lr, weight_decay, warmup)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        with autocast(device, enabled=amp):
+            loss = batch_loss(g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
 def train_lm(model: GPT, ids: torch.Tensor, steps: int, batch_size: int = 12, lr: float = 3e-3,
              weight_decay: float = 0.01, warmup: int | None = None, clip_grad_norm: float | None = 1.0,
              seed: int = 0, amp: bool = False, compile: bool = False) -> list[float]:
@@ -491,26 +531,9 @@ def train_lm(model: GPT, ids: torch.Tensor, steps: int, batch_size: int = 12, lr
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = next(model.parameters()).device
-    warmup = max(1, steps // 20) if warmup is None else warmup
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else 0.1 + 0.45 * (
-        1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
     step_fn = torch.compile(model) if compile else model
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        x, y = random_batch(ids, model.block_size, batch_size, generator=g, device=device)
-        with autocast(device, enabled=amp):
-            _, loss = step_fn(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return losses
+
+    def batch_loss(g):
+        return step_fn(*random_batch(ids, model.block_size, batch_size, generator=g, device=device))[1]
+
+    return _sampled_training(model, batch_loss, steps, lr, weight_decay, warmup, clip_grad_norm, seed, amp)
