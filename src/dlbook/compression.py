@@ -98,7 +98,15 @@ def _count_nonzero(t: torch.Tensor) -> int:
     try:
         return int(torch.count_nonzero(t.detach()))
     except (NotImplementedError, RuntimeError):
+        pass
+    try:
         return int(torch.count_nonzero(t.detach().dequantize()))
+    except (NotImplementedError, RuntimeError):
+        # Older torchao subclasses (0.10, Colab's) wrap the quantized weight one level deeper.
+        inner = getattr(t, "original_weight_tensor", None)
+        if inner is not None:
+            return _count_nonzero(inner)
+        return t.numel()  # no way to read the values: count every entry, as a dense tensor would
 
 
 def model_size(model: nn.Module | Mapping) -> ModelSize:
