@@ -55,3 +55,18 @@ def test_ensure_reports_a_failed_install(monkeypatch):
 def test_ensure_rejects_an_unknown_library():
     with pytest.raises(ValueError, match="unknown reference library"):
         extras.ensure("tensorflow")
+
+
+def test_old_torchao_is_hidden_from_peft_only_when_it_is_older_than_0_16(monkeypatch):
+    """Colab pairs peft 0.20 with torchao 0.10, which peft refuses when wrapping any layer."""
+    import peft.import_utils
+    import peft.tuners.lora.torchao as lora_torchao
+
+    monkeypatch.setattr(peft.import_utils, "is_torchao_available", peft.import_utils.is_torchao_available)
+
+    monkeypatch.setattr(extras, "_installed", lambda dist: "0.18.0")
+    assert extras.allow_old_torchao_in_peft() is False
+    monkeypatch.setattr(extras, "_installed", lambda dist: "0.10.0")
+    monkeypatch.setattr(lora_torchao, "is_torchao_available", lora_torchao.is_torchao_available)
+    assert extras.allow_old_torchao_in_peft() is True
+    assert lora_torchao.is_torchao_available() is False

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-__all__ = ["REFERENCE_VERSIONS", "ensure"]
+__all__ = ["REFERENCE_VERSIONS", "ensure", "allow_old_torchao_in_peft"]
 
 #: The versions the book is tested with (tests/test_extras.py checks they equal
 #: requirements/constraints.txt): import name -> version.
@@ -85,3 +85,33 @@ def ensure(*names: str, quiet: bool = True) -> None:
             "This needs the network (the package registry), and a torch/numpy that these versions accept "
             f"({', '.join(held)} are held fixed).")
     importlib.invalidate_caches()
+
+
+def allow_old_torchao_in_peft() -> bool:
+    """Let peft wrap ordinary layers when an older torchao is installed (Colab's pair); True if it patched.
+
+    peft 0.20 and later check torchao's version whenever LoRA wraps a layer (for their torchao
+    dispatcher) and raise ``ImportError`` for torchao older than 0.16, even when the model holds
+    no torchao tensor at all. Colab preinstalls peft 0.20 with torchao 0.10, so plain LoRA on an
+    ``nn.Linear`` fails there. When the installed torchao is that old, this tells peft's
+    dispatcher that torchao is absent; with torchao 0.16 or newer it changes nothing. Call it
+    after ``import peft``.
+    """
+    import importlib
+
+    version = _installed("torchao")
+    if version is None:
+        return False
+    major_minor = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if major_minor >= (0, 16):
+        return False
+    patched = False
+    for name in ("peft.import_utils", "peft.tuners.lora.torchao"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "is_torchao_available"):
+            module.is_torchao_available = lambda: False
+            patched = True
+    return patched
