@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlbook._checks import check_int as _check_int
+
 __all__ = [
     "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "ig_weights", "IG_METHODS",
     "occlusion", "occlusion_masks", "permutation_importance", "Importances", "deletion_curve",
@@ -68,12 +70,6 @@ def _check_number(name: str, value, low: float = 0.0, strict: bool = False) -> f
         relation = ">" if strict else ">="
         raise ValueError(f"{name} must be a finite number {relation} {low}, got {value!r}")
     return float(value)
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:

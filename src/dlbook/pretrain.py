@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dlbook._checks import check_int as _check_int
 from dlbook.data import cache_dir, pydoc_text, tensor_loader
 from dlbook.train import History, fit
 from dlbook.transformer import GPT, Encoder, EncoderDecoder, _sampled_training, train_lm
@@ -58,12 +59,6 @@ def _check_p(name: str, p) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
         raise ValueError(f"{name} must be a number in the open interval (0, 1), got {p!r}")
     return float(p)
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _check_long(name: str, ids, dims: tuple[int, ...]) -> torch.Tensor:
