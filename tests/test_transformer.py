@@ -234,6 +234,38 @@ def test_bad_inputs_raise_clear_errors():
 
 # ----------------------------------------------------------------------------- counting and training
 
+def test_default_init_tracks_the_width_and_std_002_reproduces_gpt2():
+    """Weights are drawn with std 1/sqrt(C) by default (residual projections / sqrt(2L)), 0.02 on request."""
+    model = GPT(vocab_size=50, block_size=8, n_layer=3, n_head=4, n_embd=256)
+    for std, expected in ((None, 1 / 16), (0.02, 0.02)):
+        torch.manual_seed(0)
+        model.reset_parameters(std)
+        assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(expected, rel=0.02)
+        assert model.blocks[2].attn.proj.weight.std().item() == pytest.approx(expected / math.sqrt(6), rel=0.03)
+        assert model.blocks[1].attn.qkv.bias.abs().max().item() == 0
+        assert torch.equal(model.blocks[1].ln1.weight, torch.ones(256))
+    with pytest.raises(ValueError, match="std must be a positive number"):
+        model.reset_parameters(0.0)
+
+
+@pytest.mark.parametrize("width", [64, 256])
+def test_attention_scores_at_init_have_std_about_width_times_variance(width):
+    """The docstring's claim: after LayerNorm, q . k / sqrt(D) has std ~ C std^2 (1 by default, 0.026 for 0.02 at C=64)."""
+    model = GPT(vocab_size=50, block_size=32, n_layer=1, n_head=4, n_embd=width)
+    idx = torch.randint(0, 50, (8, 32), generator=gen(1))
+    for std in (None, 0.02):
+        torch.manual_seed(0)
+        model.reset_parameters(std)
+        block = model.blocks[0]
+        with torch.no_grad():
+            x = block.ln1(model.tok_emb(idx) + model.pos_emb(torch.arange(32)))
+            q, k, _ = block.attn.qkv(x).split(width, dim=-1)
+            q, k = block.attn.split_heads(q), block.attn.split_heads(k)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(width // 4)
+        sigma = 1 / math.sqrt(width) if std is None else std
+        assert scores.std().item() == pytest.approx(width * sigma ** 2, rel=0.2), (width, std)
+
+
 def test_parameter_count_counts_tied_weights_once():
     """GPT's count equals the hand formula, with the tied head counted once."""
     v, t, l, c = 11, 16, 2, 16
@@ -263,14 +295,17 @@ def test_forward_flops_match_torch_flop_counter(monkeypatch):
 
 
 def test_train_lm_learns_a_repeating_text_and_evaluate_lm_agrees():
-    """On a periodic stream the held-out loss falls from about log(V) to below 0.1 in 60 steps."""
+    """On a periodic stream the held-out loss falls from above log(V) to below 0.1 in 60 steps.
+
+    Untrained, the tied embedding makes the model favour repeating its input token,
+    which is never the next one in 0, 1, ..., 6, 0, 1, ...: it starts worse than uniform."""
     ids = torch.arange(7).repeat(200)
     torch.manual_seed(0)
     model = GPT(7, 8, n_layer=1, n_head=2, n_embd=16)
     before = evaluate_lm(model, ids)
     losses = train_lm(model, ids, steps=60, batch_size=16, lr=2e-2)
     after = evaluate_lm(model, ids)
-    assert abs(before - math.log(7)) < 0.3
+    assert before > math.log(7)
     assert after < 0.1 and losses[-1] < 0.2
     with pytest.raises(ValueError, match="steps"):
         train_lm(model, ids, steps=0)
