@@ -5,9 +5,10 @@ Questions and the learner's names they read:
 * q1 ``minibatch_indices(n, batch_size, generator, drop_last=False)`` (4 points)
 * q2 ``steps_per_epoch(n, batch_size, drop_last)`` and ``total_steps`` (3 points)
 * q3 ``adam_update(w, g, m, v, t, lr, beta1, beta2, eps)`` (4 points)
+* q4 ``adamw_update(w, g, m, v, t, lr, beta1, beta2, eps, weight_decay)`` (4 points)
 
 Every reference comes from torch (``torch.randperm``, ``DataLoader``,
-``torch.optim.Adam``), bound at import before any learner code runs, in
+``torch.optim.Adam``, ``torch.optim.AdamW``), bound at import before any learner code runs, in
 float64. When an answer is wrong, the tests try the usual mistakes and name
 the one that matches.
 """
@@ -19,10 +20,11 @@ import math
 import torch
 from torch import randperm as ref_randperm
 from torch.optim import Adam as RefAdam
+from torch.optim import AdamW as RefAdamW
 from torch.utils.data import DataLoader as RefDataLoader
 
 from dlbook.grading import assert_close, question
-from dlbook.grading.hints import generator
+from dlbook.grading.hints import generator, hint_for
 
 F64 = torch.float64
 
@@ -117,10 +119,10 @@ def total_steps_of_the_digits_run(ns):
 # ---------------------------------------------------------------------------------------------- q3
 
 
-def _torch_adam(w0, grads, lr, betas, eps):
-    """Weights after applying torch.optim.Adam to the given gradient sequence."""
+def _torch_adam(w0, grads, lr, betas, eps, optimizer=RefAdam, **options):
+    """Weights after applying torch.optim.Adam (or ``optimizer``, with ``options``) to the given gradient sequence."""
     w = w0.clone().requires_grad_()
-    opt = RefAdam([w], lr=lr, betas=betas, eps=eps)
+    opt = optimizer([w], lr=lr, betas=betas, eps=eps, **options)
     out = []
     for g in grads:
         w.grad = g.clone()
@@ -182,3 +184,92 @@ def inputs_are_not_modified(ns):
     for name, before, after in zip("wmv", copies, (w, m, v)):
         assert torch.equal(before, after), (f"adam_update changed its input {name} in place; "
                                             "compute new tensors (m = beta1 * m + ...) instead of m.mul_(...)")
+
+
+# ---------------------------------------------------------------------------------------------- q4
+
+
+def _adamw_by_formula(w0, grads, lr, betas, eps, wd, correct=(True, True), decay="decoupled", decay_lr=True):
+    """Weights after each step of Adam(W) written out, with the usual mistakes as switches (float64).
+
+    correct: bias-correct (m, v); decay: "decoupled" (AdamW), "l2" (added to the gradient: Adam's weight_decay)
+    or None; decay_lr: the decoupled decay is multiplied by lr (as in torch.optim.AdamW).
+    """
+    (b1, b2), w = betas, w0.clone()
+    m, v, out = torch.zeros_like(w0), torch.zeros_like(w0), []
+    for t, g in enumerate(grads, start=1):
+        if decay == "l2":
+            g = g + wd * w
+        elif decay == "decoupled":
+            w = w * (1 - (lr if decay_lr else 1.0) * wd)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        m_hat = m / (1 - b1 ** t) if correct[0] else m
+        v_hat = v / (1 - b2 ** t) if correct[1] else v
+        w = w - lr * m_hat / (v_hat.sqrt() + eps)
+        out.append(w.clone())
+    return out
+
+
+def _run_adamw(ns, w0, grads, lr, betas, eps, wd):
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        result = ns.adamw_update(w, g, m, v, t, lr, betas[0], betas[1], eps, wd)
+        assert isinstance(result, tuple) and len(result) == 3, "adamw_update must return a tuple (w, m, v)"
+        w, m, v = (torch.as_tensor(r).detach().to(F64) for r in result)
+        out.append(w)
+    return out
+
+
+def _adamw_hint(mine, w0, grads, lr, betas, eps, wd, default):
+    """Name the AdamW mistake whose trajectory the learner's weights follow (compared step by step)."""
+    mistake = lambda **kw: torch.stack(_adamw_by_formula(w0, grads, lr, betas, eps, wd, **kw))  # noqa: E731
+    first = (1 - betas[0]) / math.sqrt(1 - betas[1])
+    return hint_for(torch.stack(mine), {
+        f"you skipped the bias correction: m and v start at 0, so the first step comes out (1 - beta1) / "
+        f"sqrt(1 - beta2) = {first:.3g} times Adam's; divide m by 1 - beta1**t and v by 1 - beta2**t":
+            mistake(correct=(False, False)),
+        f"you corrected m but not v: the first step comes out 1 / sqrt(1 - beta2) = {1 / math.sqrt(1 - betas[1]):.3g} "
+        "times too large; divide v by 1 - beta2**t too": mistake(correct=(True, False)),
+        "that is Adam with an L2 term (g + weight_decay * w, what torch.optim.Adam's weight_decay does): AdamW "
+        "decouples the decay, w <- w - lr * weight_decay * w, outside the division by sqrt(v_hat)": mistake(decay="l2"),
+        "the decay step is lr * weight_decay * w: you left out the learning rate": mistake(decay_lr=False),
+        "the weights are not decayed: shrink w by the factor (1 - lr * weight_decay) at every step":
+            mistake(decay=None),
+    }, default)
+
+
+@question("q4", points=1, timeout=10)
+def adamw_first_step_is_decay_plus_lr_times_sign(ns):
+    """At t=1, AdamW gives w * (1 - lr * weight_decay) - lr * g / (|g| + eps): decay, then a step of lr per weight."""
+    w0 = torch.randn(3, 4, generator=generator(20), dtype=F64)
+    grads = [_grads(1, seed=21)[0]]
+    (w1,) = _run_adamw(ns, w0, grads, 0.1, (0.9, 0.999), 1e-8, 0.1)
+    expected = w0 * (1 - 0.1 * 0.1) - 0.1 * grads[0] / (grads[0].abs() + 1e-8)
+    assert_close(w1, expected, atol=1e-10, hint=_adamw_hint([w1], w0, grads, 0.1, (0.9, 0.999), 1e-8, 0.1,
+                 "at t = 1, m_hat = g and v_hat = g**2: w * (1 - lr * weight_decay) - lr * g / (|g| + eps)"))
+
+
+@question("q4", points=2, timeout=10)
+def adamw_matches_torch_adamw(ns):
+    """12 steps of adamw_update follow torch.optim.AdamW's weights at every step to 1e-10 (float64)."""
+    w0 = torch.randn(3, 4, generator=generator(22), dtype=F64)
+    grads = _grads(12, seed=23)
+    for lr, betas, wd in ((0.01, (0.9, 0.999), 0.1), (0.05, (0.8, 0.99), 0.5)):
+        ours = _run_adamw(ns, w0, grads, lr, betas, 1e-8, wd)
+        expected = _torch_adam(w0, grads, lr, betas, 1e-8, RefAdamW, weight_decay=wd)
+        assert_close(torch.stack(ours), torch.stack(expected), atol=1e-10, hint=_adamw_hint(
+            ours, w0, grads, lr, betas, 1e-8, wd,
+            f"with lr={lr}, betas={betas}, weight_decay={wd}: w <- w * (1 - lr * wd), then Adam's bias-corrected step"))
+
+
+@question("q4", points=1, timeout=10)
+def adamw_decays_weights_without_a_gradient(ns):
+    """With zero gradients AdamW only shrinks w, by (1 - lr * weight_decay) per step; Adam's L2 term would not."""
+    w0 = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.25, 1.0]], dtype=F64)
+    grads = [torch.zeros_like(w0)] * 5
+    ours = _run_adamw(ns, w0, grads, 0.1, (0.9, 0.999), 1e-8, 0.2)
+    expected = torch.stack([w0 * (1 - 0.1 * 0.2) ** k for k in range(1, 6)])
+    assert_close(torch.stack(ours), expected, atol=1e-12, hint=_adamw_hint(
+        ours, w0, grads, 0.1, (0.9, 0.999), 1e-8, 0.2,
+        "the gradient is 0, so m = v = 0 and Adam's step is 0: only the decay w <- w * (1 - lr * wd) is left"))

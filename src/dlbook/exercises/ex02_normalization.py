@@ -6,9 +6,10 @@ Questions and the learner's names they read:
 * q2 ``reduction_axes`` (a dict) and ``set_size(method, N, C, H, W, groups)`` (3 points)
 * q3 ``group_norm(x, num_groups, gamma, beta, eps)`` (3 points)
 * q4 ``batch_norm_of_one(x, gamma, beta, eps)`` and ``bn2d_batch_of_one_is`` (2 points)
+* q5 ``batch_renorm(x, gamma, beta, running_mean, running_var, r_max, d_max, eps)`` (4 points)
 
-Every reference result comes from torch, bound at import (before any learner
-code runs), in float64. When an answer is wrong, the tests try the usual
+Every reference result comes from torch (q5's from ``dlbook.norm.BatchRenorm1d``),
+bound at import (before any learner code runs), in float64. When an answer is wrong, the tests try the usual
 mistakes and name the one that matches.
 """
 
@@ -20,9 +21,10 @@ from torch.nn.functional import group_norm as ref_group_norm
 from torch.nn.functional import instance_norm as ref_instance_norm
 from torch.nn.functional import layer_norm as ref_layer_norm
 
-from dlbook.grading import NotAttempted, assert_close, question
+from dlbook.grading import NotAttempted, assert_close, probes, question
 from dlbook.grading.hints import generator
 from dlbook.grading.hints import hint_for
+from dlbook.norm import BatchRenorm1d as RefBatchRenorm1d
 
 F64 = torch.float64
 
@@ -196,3 +198,122 @@ def batchnorm2d_on_one_image_is_instance_norm(ns):
     assert isinstance(answer, str), "bn2d_batch_of_one_is must be one of the strings 'layer', 'instance', 'group', 'identity'"
     assert answer.strip().lower() == "instance", (
         f"{answer!r} is not it: with N = 1, the set S of channel c is the H x W values of that one image's channel c")
+
+
+# ---------------------------------------------------------------------------------------------- q5
+
+
+def _renorm_inputs(seed: int, shape, mean_shift, std_ratio):
+    """x of `shape` and running statistics chosen so that r = sigma_B / sigma and d = (mu_B - mu) / sigma
+    land near `std_ratio` and `mean_shift` per channel (sigma = sqrt(running_var + eps))."""
+    g = generator(seed)
+    C = shape[1]
+    x = 2.0 * torch.randn(*shape, generator=g, dtype=F64) + 1.0
+    gamma = torch.rand(C, generator=g, dtype=F64) + 0.5
+    beta = torch.randn(C, generator=g, dtype=F64)
+    dims = (0,) + tuple(range(2, x.dim()))
+    var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+    running_std = (var + 1e-5).sqrt() / torch.as_tensor(std_ratio, dtype=F64)
+    running_var = running_std ** 2 - 1e-5
+    running_mean = mean - torch.as_tensor(mean_shift, dtype=F64) * running_std
+    return x, gamma, beta, running_mean, running_var
+
+
+def _ref_renorm(x, gamma, beta, rm, rv, r_max, d_max, eps=1e-5):
+    """dlbook.norm.BatchRenorm1d in training mode on these statistics: (its output, the module)."""
+    layer = RefBatchRenorm1d(x.shape[1], eps=eps, r_max=r_max, d_max=d_max, dtype=F64).train()
+    with torch.no_grad():
+        layer.weight.copy_(gamma)
+        layer.bias.copy_(beta)
+        layer.running_mean.copy_(rm)
+        layer.running_var.copy_(rv)
+    return layer(x), layer
+
+
+def _renorm_by_formula(x, gamma, beta, rm, rv, r_max, d_max, eps=1e-5, clip_r=(True, True), clip_d=(True, True),
+                       detach_r=True, detach_d=True, unbiased=False, invert_r=False, eps_in_std=True):
+    """Batch renormalization written out, with the usual mistakes as switches (float64)."""
+    dims = (0,) + tuple(range(2, x.dim()))
+    shape_c = (1, -1) + (1,) * (x.dim() - 2)
+    var, mean = torch.var_mean(x, dim=dims, unbiased=unbiased)
+    std, running_std = (var + eps).sqrt() if eps_in_std else var.sqrt(), (rv + eps).sqrt()
+    r, d = (running_std / std if invert_r else std / running_std), (mean - rm) / running_std
+    r = torch.maximum(r, torch.full_like(r, 1 / r_max)) if clip_r[0] else r
+    r = torch.minimum(r, torch.full_like(r, r_max)) if clip_r[1] else r
+    d = torch.maximum(d, torch.full_like(d, -d_max)) if clip_d[0] else d
+    d = torch.minimum(d, torch.full_like(d, d_max)) if clip_d[1] else d
+    r, d = (r.detach() if detach_r else r), (d.detach() if detach_d else d)
+    x_hat = (x - mean.view(shape_c)) / std.view(shape_c) * r.view(shape_c) + d.view(shape_c)
+    return x_hat * gamma.view(shape_c) + beta.view(shape_c)
+
+
+def _call_renorm(ns, x, gamma, beta, rm, rv, r_max, d_max):
+    return ns.batch_renorm(x.clone(), gamma.clone(), beta.clone(), rm.clone(), rv.clone(), r_max, d_max, 1e-5)
+
+
+@question("q5", points=1, timeout=10)
+def batch_renorm_unclipped_normalizes_with_the_running_statistics(ns):
+    """With limits that never bind, y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, as in eval()."""
+    x, gamma, beta, rm, rv = _renorm_inputs(10, (8, 4), [0.3, -1.2, 2.0, 0.0], [0.5, 1.0, 1.8, 3.0])
+    y = _call_renorm(ns, x, gamma, beta, rm, rv, 1e6, 1e6)
+    expected, _ = _ref_renorm(x, gamma, beta, rm, rv, 1e6, 1e6)
+    assert_close(y, expected, atol=1e-10, hint=hint_for(y, {
+        "that is plain batch norm: multiply x_hat by r = sigma_B / sigma and add d = (mu_B - mu) / sigma":
+            _standardize(x, (0,), 1e-5) * gamma + beta,
+        "r is sigma_B / sigma (batch over running), not its inverse":
+            _renorm_by_formula(x, gamma, beta, rm, rv, 1e6, 1e6, invert_r=True),
+        "normalize with the population variance (divide by |S|), as batch norm does":
+            _renorm_by_formula(x, gamma, beta, rm, rv, 1e6, 1e6, unbiased=True),
+    }, "unclipped, (x - mu_B) / sigma_B * r + d is exactly (x - mu) / sigma, with sigma = sqrt(running_var + eps)"))
+
+
+@question("q5", points=2, timeout=10)
+def batch_renorm_clips_r_and_d_like_the_library(ns):
+    """r is clipped to [1/r_max, r_max], d to [-d_max, d_max]: y equals BatchRenorm1d's, on (N, C) and (N, C, L)."""
+    for seed, shape in ((11, (8, 6)), (12, (4, 6, 5))):
+        # per channel: r above r_max, r below 1/r_max, d above d_max, d below -d_max, both inside, both clipped
+        x, gamma, beta, rm, rv = _renorm_inputs(seed, shape, [0.1, -0.2, 2.0, -3.0, 0.3, 1.5],
+                                                [2.5, 0.2, 1.1, 0.9, 1.2, 0.3])
+        y = _call_renorm(ns, x, gamma, beta, rm, rv, 1.5, 0.5)
+        expected, _ = _ref_renorm(x, gamma, beta, rm, rv, 1.5, 0.5)
+        mistake = lambda **kw: _renorm_by_formula(x, gamma, beta, rm, rv, 1.5, 0.5, **kw)  # noqa: E731
+        assert_close(y, expected, atol=1e-10, hint=hint_for(y, {
+            "r and d are not clipped: clip r to [1/r_max, r_max] and d to [-d_max, d_max]":
+                mistake(clip_r=(False, False), clip_d=(False, False)),
+            "r is clipped from above only: its lower limit is 1/r_max": mistake(clip_r=(False, True)),
+            "d is clipped from above only: its lower limit is -d_max": mistake(clip_d=(False, True)),
+            "r is not clipped: r = clip(sigma_B / sigma, 1/r_max, r_max)": mistake(clip_r=(False, False)),
+            "d is not clipped: d = clip((mu_B - mu) / sigma, -d_max, d_max)": mistake(clip_d=(False, False)),
+            "sigma_B is the population standard deviation (divide by |S|), sqrt(var + eps), as in batch norm":
+                mistake(unbiased=True),
+            "sigma_B includes eps: sigma_B = sqrt(var_B + eps), as sigma = sqrt(running_var + eps) does":
+                mistake(eps_in_std=False),
+        }, "r = clip(sigma_B / sigma, 1/r_max, r_max), d = clip((mu_B - mu) / sigma, -d_max, d_max), "
+           "y = gamma * ((x - mu_B) / sigma_B * r + d) + beta, statistics per channel over axes (0, 2, ...)"))
+
+
+@question("q5", points=1, timeout=10)
+def batch_renorm_has_no_gradient_through_r_and_d(ns):
+    """The gradient with respect to x equals BatchRenorm1d's: r and d are constants for autograd."""
+    x, gamma, beta, rm, rv = _renorm_inputs(13, (6, 4), [0.4, -0.8, 1.0, 0.0], [0.7, 1.3, 1.0, 2.0])
+    weights = torch.randn(6, 4, generator=generator(14), dtype=F64)
+    _, (dx,) = probes.grad(ns.batch_renorm, x.clone(), gamma.clone(), beta.clone(), rm.clone(), rv.clone(), 3.0, 5.0,
+                           1e-5, wrt=(0,), grad_output=weights)
+    assert dx is not None, "no gradient reached x: compute y from x with differentiable tensor operations"
+    leaf = x.clone().requires_grad_()
+    out, _ = _ref_renorm(leaf, gamma, beta, rm, rv, 3.0, 5.0)
+    (expected,) = torch.autograd.grad(out, leaf, weights)
+
+    def mistake(**kw):
+        leaf = x.clone().requires_grad_()
+        return torch.autograd.grad(_renorm_by_formula(leaf, gamma, beta, rm, rv, 3.0, 5.0, **kw), leaf, weights)[0]
+
+    assert_close(dx, expected, atol=1e-10, hint=hint_for(dx, {
+        "the gradient flows through r and d: compute them from detached statistics (under torch.no_grad() or with "
+        ".detach()); with them differentiable the layer's gradient is that of (x - mu) / sigma, and the batch "
+        "statistics no longer shape it": mistake(detach_r=False, detach_d=False),
+        "the gradient flows through r: compute it from detached statistics (torch.no_grad() or .detach())":
+            mistake(detach_r=False),
+        "the gradient flows through d: compute it from detached statistics (torch.no_grad() or .detach())":
+            mistake(detach_d=False),
+    }, "the gradient must flow through mu_B and sigma_B in (x - mu_B) / sigma_B, but not through r and d"))

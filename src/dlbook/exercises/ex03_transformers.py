@@ -6,9 +6,11 @@ Questions and the learner's names they read:
 * q2 ``attention(q, k, v, mask=None)`` (4 points)
 * q3 ``split_heads(x, n_head)`` and ``merge_heads(x)`` (3 points)
 * q4 ``sinusoidal_encoding(length, dim)`` (3 points)
+* q5 ``past_change(model, ids, t)`` and ``is_causal(model, ids)`` (4 points), on models built by the notebook's
+  given ``make_model(state)``
 
 Reference results come from torch (``F.scaled_dot_product_attention``, ``torch.tril``,
-reshapes written here), bound at import before any learner code runs, in float64.
+reshapes written here; q5's from ``dlbook.transformer.GPT``), bound at import before any learner code runs, in float64.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.nn.functional import scaled_dot_product_attention as ref_sdpa
 from dlbook.grading import assert_close, question
 from dlbook.grading.hints import generator
 from dlbook.grading.hints import matches
+from dlbook.transformer import GPT as RefGPT
 
 F64 = torch.float64
 
@@ -139,3 +142,135 @@ def sinusoidal_encoding_matches_the_formula(ns):
             "interleave them: channel 2i is sin, channel 2i+1 is cos (not the first half sin, second half cos)"
             if matches(pe, halves, 1e-5) else "the frequency of pair i is 1 / 10000^(2i/dim)")
     assert_close(pe.to(F64), expected, atol=1e-5, hint=hint)
+
+
+# ---------------------------------------------------------------------------------------------- q5
+# The models come from the learner notebook's given make_model(state), which builds the same model as _model
+# below: dlbook's GPT with the grader's weights, its blocks' attention causal or not, and its logits mixed over
+# positions by state["mix"]. Whether a model is causal is decided here, by the state sent; the learner's
+# function sees only a function ids -> logits.
+
+V, T_MAX = 16, 12
+
+
+def _state(seed, causal=True, mix=None):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gpt = RefGPT(vocab_size=V, block_size=T_MAX, n_layer=2, n_head=2, n_embd=16).double()
+    state = {k: v.detach().clone() for k, v in gpt.state_dict().items()}
+    state["mix"] = torch.eye(T_MAX, dtype=F64) if mix is None else mix
+    state["causal"] = causal
+    return state
+
+
+def _leaky_mix(i=3, j=7, size=1e-6):
+    """The identity plus one tiny weight above the diagonal: output i sees logits j > i."""
+    mix = torch.eye(T_MAX, dtype=F64)
+    mix[i, j] = size
+    return mix
+
+
+def _next_token_mix():
+    """Each output averages its own logits with the next position's: the model can copy the future."""
+    return 0.5 * torch.eye(T_MAX, dtype=F64) + 0.5 * torch.diag(torch.ones(T_MAX - 1, dtype=F64), 1)
+
+
+def _model(state):
+    """The reference twin of the notebook's make_model."""
+    gpt = RefGPT(vocab_size=V, block_size=T_MAX, n_layer=2, n_head=2, n_embd=16).double()
+    gpt.load_state_dict({k: v for k, v in state.items() if k not in ("mix", "causal")})
+    for block in gpt.blocks:
+        block.causal = bool(state["causal"])
+    gpt.eval()
+
+    def model(ids):
+        with torch.no_grad():
+            logits, _ = gpt(ids)
+        T = ids.shape[1]
+        return torch.einsum("ij,bjv->biv", state["mix"][:T, :T], logits)
+    return model
+
+
+def _ids(seed, batch=2):
+    return torch.randint(0, V, (batch, T_MAX), generator=generator(seed))
+
+
+def _changes(model, ids, first, positions, reduce="max"):
+    """|model(ids') - model(ids)| at `positions`, reduced; ids' has the tokens at `first` set to (token+1) % V."""
+    changed = ids.clone()
+    changed[:, first] = (changed[:, first] + 1) % V
+    diff = model(changed)[:, positions] - model(ids)[:, positions]
+    return {"max": diff.abs().max(), "mean": diff.abs().mean(), "signed": diff.max()}[reduce].item()
+
+
+def _past_change_hint(got, model, ids, t):
+    wrong = {
+        "you compared the positions before t only: the outputs at positions 0..t (t included) must stay put":
+            _changes(model, ids, slice(t + 1, None), slice(None, t)),
+        "you compared position t only: a leak can reach any earlier position, compare 0..t":
+            _changes(model, ids, slice(t + 1, None), slice(t, t + 1)),
+        "you compared every position: the outputs after t are allowed to change, compare only 0..t":
+            _changes(model, ids, slice(t + 1, None), slice(None)),
+        "you changed token t too: only the tokens after t (positions t+1 ..) are the future of position t":
+            _changes(model, ids, slice(t, None), slice(None, t + 1)),
+        "you changed token t+1 only: change every token after t, or a leak from further ahead goes unseen":
+            _changes(model, ids, slice(t + 1, t + 2), slice(None, t + 1)),
+        "return the largest absolute change, not the mean": _changes(model, ids, slice(t + 1, None),
+                                                                     slice(None, t + 1), "mean"),
+        "return the largest ABSOLUTE change: a change downwards counts too": _changes(model, ids, slice(t + 1, None),
+                                                                                       slice(None, t + 1), "signed"),
+    }
+    return next((h for h, v in wrong.items() if abs(got - v) <= 1e-12 + 1e-6 * abs(v)),
+                "the largest |model(ids') - model(ids)| over the batch, positions 0..t and the vocabulary, where ids' "
+                "has every token after t replaced by (token + 1) % V")
+
+
+@question("q5", points=2, timeout=10)
+def past_change_measures_what_the_future_moves(ns):
+    """past_change(model, ids, t) equals the largest change of outputs 0..t when every token after t changes."""
+    cases = [(_state(30, mix=_leaky_mix()), t) for t in (2, 3, 6, 7)]
+    cases += [(_state(31, causal=False), 4), (_state(32, mix=_next_token_mix()), 8), (_state(33), 5)]
+    ids = _ids(34)
+    for state, t in cases:
+        learner_model, model = ns.make_model(state), _model(state)
+        got = ns.past_change(learner_model, ids.clone(), t)
+        assert isinstance(got, (int, float)) or (isinstance(got, torch.Tensor) and got.numel() == 1), (
+            f"past_change must return a number (a float), got {type(got).__name__}")
+        got, expected = float(got), _changes(model, ids, slice(t + 1, None), slice(None, t + 1))
+        assert abs(got - expected) <= 1e-12 + 1e-6 * expected, (
+            f"past_change(model, ids, t={t}) = {got:.4g}, expected {expected:.4g}: "
+            + _past_change_hint(got, model, ids, t))
+
+
+def _is_causal(ns, state, ids):
+    answer = ns.is_causal(ns.make_model(state), ids.clone())
+    assert isinstance(answer, bool) or (isinstance(answer, torch.Tensor) and answer.dtype == torch.bool
+                                        and answer.numel() == 1), (
+        f"is_causal must return True or False, got {type(answer).__name__}")
+    return bool(answer)
+
+
+_EXACT = ("the GPT's outputs at positions <= t do not move at all when later tokens change: compare them exactly "
+          "(past_change == 0), and do not change token t itself")
+
+
+@question("q5", points=1, timeout=10)
+def is_causal_tells_the_gpt_from_a_bidirectional_model(ns):
+    """is_causal is True for a causal GPT, False for the same GPT without its mask and for one that copies ahead."""
+    ids = _ids(35)
+    assert _is_causal(ns, _state(36), ids), "is_causal said False for a causal GPT: " + _EXACT
+    assert not _is_causal(ns, _state(36, causal=False), ids), (
+        "is_causal said True for a GPT whose attention has no mask: position 0 sees every token")
+    assert not _is_causal(ns, _state(37, mix=_next_token_mix()), ids), (
+        "is_causal said True for a model whose output i mixes in position i+1: test every t from 0 to T-2")
+
+
+@question("q5", points=1, timeout=10)
+def is_causal_catches_a_leak_of_one_in_a_million(ns):
+    """is_causal is False when output 3 sees position 7 with weight 1e-6, and True again for a causal GPT."""
+    ids = _ids(38)
+    assert not _is_causal(ns, _state(39, mix=_leaky_mix()), ids), (
+        "is_causal said True for a model whose output 3 sees the logits of position 7 with weight 1e-6: its past "
+        "moves by about 1e-7, which a tolerance such as torch.allclose's hides; a causal model's past does not move "
+        "at all, so compare exactly")
+    assert _is_causal(ns, _state(40), ids), "is_causal said False for a causal GPT: " + _EXACT
