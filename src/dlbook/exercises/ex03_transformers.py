@@ -163,7 +163,7 @@ def _state(seed, causal=True, mix=None):
     return state
 
 
-def _leaky_mix(i=3, j=7, size=1e-6):
+def _leaky_mix(i=3, j=7, size=1e-9):
     """The identity plus one tiny weight above the diagonal: output i sees logits j > i."""
     mix = torch.eye(T_MAX, dtype=F64)
     mix[i, j] = size
@@ -266,11 +266,11 @@ def is_causal_tells_the_gpt_from_a_bidirectional_model(ns):
 
 
 @question("q5", points=1, timeout=10)
-def is_causal_catches_a_leak_of_one_in_a_million(ns):
-    """is_causal is False when output 3 sees position 7 with weight 1e-6, and True again for a causal GPT."""
+def is_causal_catches_a_leak_of_one_in_a_billion(ns):
+    """is_causal is False when output 3 sees position 7 with weight 1e-9, and True again for a causal GPT."""
     ids = _ids(38)
     assert not _is_causal(ns, _state(39, mix=_leaky_mix()), ids), (
-        "is_causal said True for a model whose output 3 sees the logits of position 7 with weight 1e-6: its past "
-        "moves by about 1e-7, which a tolerance such as torch.allclose's hides; a causal model's past does not move "
+        "is_causal said True for a model whose output 3 sees the logits of position 7 with weight 1e-9: its past "
+        "moves by about 1e-9, which a tolerance such as torch.allclose's hides; a causal model's past does not move "
         "at all, so compare exactly")
     assert _is_causal(ns, _state(40), ids), "is_causal said False for a causal GPT: " + _EXACT
