@@ -103,6 +103,18 @@ def test_docstring_corpus_is_labelled_by_module():
     assert all(len(doc) >= 100 for doc, _ in pairs)
 
 
+def test_docstring_corpus_does_not_depend_on_which_submodules_were_imported(monkeypatch):
+    """A submodule that happens to be an attribute (because something imported it) adds nothing."""
+    import json
+    import types
+
+    before = data.docstring_corpus(["json"], min_length=100)
+    sub = types.ModuleType("json.imported_elsewhere", "A submodule docstring that is long enough to count. " * 5)
+    monkeypatch.setattr(json, "imported_elsewhere", sub, raising=False)
+    assert data.docstring_corpus(["json"], min_length=100) == before
+    assert before, "json has documented functions of its own"
+
+
 def test_char_tokenizer_round_trip_and_errors():
     tok = data.CharTokenizer("hello world")
     assert tok.vocab_size == len(set("hello world"))

@@ -272,7 +272,8 @@ def docstring_corpus(modules=_DEFAULT_DOC_MODULES, min_length: int = 200) -> lis
         seen = set()
         for attr in sorted(dir(module)):
             obj = getattr(module, attr, None)
-            if getattr(obj, "__module__", None) not in (name, f"_{name}", None) and obj is not module:
+            # submodules are skipped: which of them are attributes depends on what else was imported
+            if inspect.ismodule(obj) or getattr(obj, "__module__", None) not in (name, f"_{name}", None):
                 continue
             doc = inspect.getdoc(obj) if obj is not None else None
             if doc and len(doc) >= min_length and doc not in seen:
