@@ -409,6 +409,25 @@ def test_gpt_attention_reproduces_each_attention_module(pos):
     assert (maps.triu(1) == 0).all()
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_gpt_head_outputs_weighted_by_attention_give_each_attention_module_output(pos):
+    """sum over heads h and keys j of alpha_hij * (W_O^h v_j), plus the bias, is the module's output to 1e-12."""
+    model = tiny_gpt(pos)
+    idx = torch.randint(0, 11, (2, 8), generator=gen(2))
+    maps, heads = interpret.gpt_attention(model, idx), interpret.gpt_head_outputs(model, idx)
+    assert heads.shape == (2, 2, 2, 8, 8)                                   # (L, B, H, T, C)
+    outputs = []
+    hooks = [b.attn.register_forward_hook(lambda m, a, out: outputs.append(out)) for b in model.blocks]
+    model(idx)
+    for h in hooks:
+        h.remove()
+    for layer, block in enumerate(model.blocks):
+        mixed = torch.einsum("bhij,bhjc->bic", maps[layer], heads[layer]) + block.attn.proj.bias
+        torch.testing.assert_close(mixed, outputs[layer], atol=1e-12, rtol=0)
+    with pytest.raises(TypeError, match="GPT"):
+        interpret.gpt_head_outputs(torch.nn.Linear(2, 2), idx)
+
+
 def test_linear_probe_equals_scikit_learn_logistic_regression():
     """Same data and penalty (C = 1 / (lambda n)): the probe's weights and probabilities match sklearn to 1e-5."""
     from sklearn.linear_model import LogisticRegression

@@ -15,7 +15,8 @@ are computed with the model in ``eval()``.
   the input) and ``permutation_importance`` (shuffle one feature column on held-out
   data and measure how much a metric drops).
 * Probing: ``gpt_hidden_states`` and ``gpt_attention`` collect the residual stream
-  and the attention weights of ``dlbook.transformer.GPT``; ``linear_probe`` trains a
+  and the attention weights of ``dlbook.transformer.GPT``, ``gpt_head_outputs`` what
+  each head would write from each key position; ``linear_probe`` trains a
   linear (or one-hidden-layer) classifier on frozen features.
 * ``rank_correlation`` (Spearman) compares two attribution maps for sanity checks,
   and ``deletion_curve`` scores a map by deleting its most important features first.
@@ -46,7 +47,7 @@ from dlbook._checks import check_int as _check_int
 __all__ = [
     "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "ig_weights", "IG_METHODS",
     "occlusion", "occlusion_masks", "permutation_importance", "Importances", "deletion_curve",
-    "rank_correlation", "gpt_hidden_states", "gpt_attention", "linear_probe", "Probe", "fgsm", "pgd",
+    "rank_correlation", "gpt_hidden_states", "gpt_attention", "gpt_head_outputs", "linear_probe", "Probe", "fgsm", "pgd",
 ]
 
 
@@ -776,6 +777,35 @@ def gpt_attention(model, idx: torch.Tensor) -> torch.Tensor:
 
     _run_hooked(model, idx, [b.attn.register_forward_pre_hook(record, with_kwargs=True) for b in model.blocks])
     return torch.stack(maps)
+
+
+def gpt_head_outputs(model, idx: torch.Tensor) -> torch.Tensor:
+    """What each head of a ``dlbook.transformer.GPT`` writes from each key position.
+
+    A head's output at query i is ``sum_j alpha_ij W_O^h v_j``: the attention weights
+    (``gpt_attention``) mix the vectors ``W_O^h v_j``, the value of key j mapped through
+    the head's own columns of the output projection. This returns those vectors, so that
+    a weight can be compared with the size of what it multiplies (chapter 7, notebook 1).
+    Weighted by ``gpt_attention`` and summed over keys and heads, plus the projection's
+    bias, they give the attention module's output (up to rounding).
+
+    Args:
+        model: a ``GPT``; idx: token ids (B, T).
+
+    Returns:
+        Vectors of shape (L, B, H, T, C): layer, batch, head, key position, model width.
+    """
+    _check_gpt(model)
+    outs: list[torch.Tensor] = []
+
+    def record(module, args, kwargs):
+        c, h = module.n_embd, module.n_head
+        v = module.split_heads(module.qkv(args[0]).split(c, dim=-1)[2])                # (B, H, T, D)
+        w_o = module.proj.weight.view(c, h, c // h)                                        # (C, H, D)
+        outs.append(torch.einsum("bhtd,chd->bhtc", v, w_o).detach())
+
+    _run_hooked(model, idx, [b.attn.register_forward_pre_hook(record, with_kwargs=True) for b in model.blocks])
+    return torch.stack(outs)
 
 
 class Probe(NamedTuple):
