@@ -123,6 +123,25 @@ def test_mha_matches_torch_multihead_attention_with_copied_weights():
     torch.testing.assert_close(mha(x, mem), ref(x, mem, mem, need_weights=False)[0], atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("rope", [False, True])
+def test_attention_weights_are_the_ones_forward_uses(rope):
+    """weights @ v, merged and projected, equals forward: causal self-attention, and cross-attention with padding."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, rope=RotaryEmbedding(4, 8) if rope else None).double()
+    x = torch.randn(2, 6, 16, generator=gen(1), dtype=torch.float64)
+    memory = torch.randn(2, 5, 16, generator=gen(2), dtype=torch.float64)
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    cases = [dict(x=x, is_causal=True), dict(x=x, memory=memory, key_padding_mask=padding)]
+    for case in cases:
+        w = mha.attention_weights(**case)
+        source = case.get("memory", x)
+        v = mha.split_heads(F.linear(source, mha.qkv.weight[32:], mha.qkv.bias[32:]))
+        torch.testing.assert_close(mha.proj(mha.merge_heads(w @ v)), mha(**case), atol=1e-12, rtol=0)
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1], dtype=torch.float64), atol=1e-12, rtol=0)
+    assert (mha.attention_weights(x, is_causal=True).triu(1) == 0).all()
+    assert (mha.attention_weights(x, memory, key_padding_mask=padding)[1, :, :, 3:] == 0).all()
+
+
 def test_split_and_merge_heads_are_inverse_and_put_channels_in_heads():
     """split_heads gives head h the channels h*D..(h+1)*D-1; merge_heads undoes it exactly."""
     mha = MultiHeadAttention(12, 3)

@@ -753,8 +753,8 @@ def gpt_attention(model, idx: torch.Tensor) -> torch.Tensor:
 
     The model computes attention with a fused kernel that never stores the weights,
     so each layer's weights softmax(q k^T / sqrt(D)) are recomputed from the input of
-    its attention module (q and k from the same ``qkv`` projection, rotated when the
-    model uses RoPE). Row i of a map holds how query position i spreads its attention
+    its attention module (``MultiHeadAttention.attention_weights``: q and k from the
+    same ``qkv`` projection, rotated when the model uses RoPE). Row i of a map holds how query position i spreads its attention
     over key positions j <= i.
 
     Args:
@@ -764,16 +764,10 @@ def gpt_attention(model, idx: torch.Tensor) -> torch.Tensor:
         Weights of shape (L, B, H, T, T), each row summing to 1 (zeros above the diagonal).
     """
     _check_gpt(model)
-    from dlbook.transformer import attention_naive
     maps: list[torch.Tensor] = []
 
     def record(module, args, kwargs):
-        h = args[0]
-        q, k, _ = module.qkv(h).split(module.n_embd, dim=-1)
-        q, k = module.split_heads(q), module.split_heads(k)
-        if module.rope is not None:
-            q, k = module.rope(q), module.rope(k)
-        maps.append(attention_naive(q, k, k, is_causal=True)[1].detach())
+        maps.append(module.attention_weights(args[0], is_causal=True).detach())
 
     _run_hooked(model, idx, [b.attn.register_forward_pre_hook(record, with_kwargs=True) for b in model.blocks])
     return torch.stack(maps)

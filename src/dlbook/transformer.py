@@ -178,6 +178,25 @@ class MultiHeadAttention(nn.Module):
         cache: a ``KVCache`` (self-attention only): new keys/values are appended at
         ``cache.pos`` and the queries attend to every stored position. Returns (B, T, C).
         """
+        q, k, v = self._heads(x, memory, cache.pos if cache is not None else 0)   # (B, H, T|S, D)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)                                     # (B, H, pos+T, D)
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]   # (B, 1, 1, S)
+        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)   # (B, H, T, D)
+        return self.proj(self.merge_heads(y))                                    # (B, T, C)
+
+    def attention_weights(self, x, memory=None, key_padding_mask=None, is_causal=False) -> torch.Tensor:
+        """The weights softmax(q k^T / sqrt(D)) that ``forward`` uses, as (B, H, T, S), each row summing to 1.
+
+        The fused kernel of ``forward`` never stores them; this recomputes them from the same
+        inputs (x, and memory for cross-attention), masks and rotary positions, without a cache.
+        """
+        q, k, v = self._heads(x, memory, 0)
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        return attention_naive(q, k, v, mask, is_causal)[1]
+
+    def _heads(self, x, memory, offset: int):
+        """Queries from x, keys and values from memory (or x), split into heads and rotated: 3 x (B, H, T|S, D)."""
         c = self.n_embd
         if memory is None:
             q, k, v = self.qkv(x).split(c, dim=-1)                              # 3 x (B, T, C)
@@ -185,15 +204,10 @@ class MultiHeadAttention(nn.Module):
             q = F.linear(x, self.qkv.weight[:c], None if self.qkv.bias is None else self.qkv.bias[:c])
             k, v = F.linear(memory, self.qkv.weight[c:],
                             None if self.qkv.bias is None else self.qkv.bias[c:]).split(c, dim=-1)
-        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, H, T|S, D)
-        offset = cache.pos if cache is not None else 0
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         if self.rope is not None:
             q, k = self.rope(q, offset), self.rope(k, offset)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)                                     # (B, H, pos+T, D)
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]   # (B, 1, 1, S)
-        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)   # (B, H, T, D)
-        return self.proj(self.merge_heads(y))                                    # (B, T, C)
+        return q, k, v
 
 
 class TransformerBlock(nn.Module):
