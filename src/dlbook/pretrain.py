@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from dlbook._checks import check_int as _check_int
 from dlbook.data import cache_dir, pydoc_text, tensor_loader
 from dlbook.train import History, fit
-from dlbook.transformer import GPT, Encoder, EncoderDecoder, _sampled_training, train_lm
+from dlbook.transformer import GPT, Encoder, EncoderDecoder, _sampled_training, gpt2_init_, train_lm
 
 __all__ = [
     "PretrainTokenizer", "DocTask", "docstring_task", "pretraining_text", "mask_tokens", "span_corrupt",
@@ -518,18 +518,6 @@ def combine_layers(states, layers=(-1,), how: str = "sum") -> torch.Tensor:
     return torch.cat(chosen, dim=-1) if how == "concat" else torch.stack(chosen).sum(0)
 
 
-def _reset(model: nn.Module, n_layer: int, std: float) -> None:
-    """GPT-2-style init (as ``GPT.reset_parameters``): N(0, std), residual projections / sqrt(2L)."""
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            scale = 1 / math.sqrt(2 * n_layer) if name.endswith(("attn.proj.weight", "ffn.2.weight")) else 1
-            nn.init.normal_(p, 0.0, std * scale)
-        elif "ln" in name and name.endswith("weight"):
-            nn.init.ones_(p)
-        else:
-            nn.init.zeros_(p)
-
-
 def _run_blocks(x, blocks, ln_f, **kwargs) -> list[torch.Tensor]:
     """[x, after block 1, ..., ln_f(after block L)]: L + 1 tensors (B, T, C)."""
     states = [x]
@@ -572,7 +560,7 @@ class MLMEncoder(nn.Module):
 
     def reset_parameters(self, std: float | None = None) -> None:
         """N(0, std) weights (default 1/sqrt(n_embd)), zero biases, unit LayerNorm gains."""
-        _reset(self, self.n_layer, 1 / math.sqrt(self.n_embd) if std is None else std)
+        gpt2_init_(self, self.n_layer, 1 / math.sqrt(self.n_embd) if std is None else std)
 
     def attention_mask(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) bool, True for real tokens (``idx != pad_id``)."""
@@ -820,7 +808,7 @@ def build_model(objective: str, vocab_size: int, block_size: int, n_layer: int =
                                src_pad_id=0)
         model.tgt_emb.weight = model.src_emb.weight            # one shared vocabulary matrix, as T5
         model.head.weight = model.src_emb.weight
-        _reset(model, max(1, n_layer // 2), std)
+        gpt2_init_(model, max(1, n_layer // 2), std)
         return model
     raise ValueError(f"objective must be 'mlm', 'clm' or 'span', got {objective!r}")
 

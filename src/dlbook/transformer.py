@@ -30,7 +30,7 @@ from dlbook.device import autocast
 __all__ = [
     "causal_mask", "attention_naive", "attention", "sinusoidal_encoding", "RotaryEmbedding",
     "MultiHeadAttention", "TransformerBlock", "Encoder", "Decoder", "EncoderDecoder", "KVCache", "GPT",
-    "count_parameters", "flops_per_token", "train_lm", "evaluate_lm",
+    "gpt2_init_", "count_parameters", "flops_per_token", "train_lm", "evaluate_lm",
 ]
 
 
@@ -351,6 +351,25 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def gpt2_init_(model: nn.Module, n_layer: int, std: float) -> None:
+    """GPT-2's initialization, in place: every weight matrix from N(0, std^2), the residual output
+    projections (``attn.proj``, ``ffn.2``) scaled by 1/sqrt(2 n_layer), biases zero, LayerNorm gains one.
+
+    ``GPT.reset_parameters`` calls it with its width-aware default; chapter 4's encoder and
+    encoder-decoder (``dlbook.pretrain``) use it too, so all of the book's Transformers start alike.
+    """
+    if not std > 0:
+        raise ValueError(f"std must be a positive number, got {std}")
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            scale = 1 / math.sqrt(2 * n_layer) if name.endswith(("attn.proj.weight", "ffn.2.weight")) else 1
+            nn.init.normal_(p, 0.0, std * scale)
+        elif "ln" in name and name.endswith("weight"):
+            nn.init.ones_(p)
+        else:
+            nn.init.zeros_(p)
+
+
 class GPT(nn.Module):
     """A decoder-only Transformer language model (GPT-2 layout, pre-LN by default).
 
@@ -398,17 +417,7 @@ class GPT(nn.Module):
         0.31 at its width 768 but 0.026 at width 64, where attention starts uniform and is
         slow to leave it (chapter 3, notebook 5). ``std=0.02`` reproduces GPT-2.
         """
-        std = 1 / math.sqrt(self.n_embd) if std is None else std
-        if not std > 0:
-            raise ValueError(f"std must be a positive number, got {std}")
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                scale = 1 / math.sqrt(2 * self.n_layer) if name.endswith(("attn.proj.weight", "ffn.2.weight")) else 1
-                nn.init.normal_(p, 0.0, std * scale)
-            elif "ln" in name:
-                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
-            else:
-                nn.init.zeros_(p)
+        gpt2_init_(self, self.n_layer, 1 / math.sqrt(self.n_embd) if std is None else std)
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
         offset = cache.pos if cache is not None else 0
