@@ -30,7 +30,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from dlbook.data import CharTokenizer, pydoc_text, split_ids
+from dlbook.data import CharTokenizer, key_value_sequences, pydoc_text, split_ids
 from dlbook.transformer import GPT, evaluate_lm, train_lm
 
 N_KEYS, N_VALS, PAIRS = 8, 8, 12
@@ -66,17 +66,10 @@ def language_modelling(cs, seeds, steps) -> None:
                   + " ".join(f"{v:.3f}" for v in held_out) + f"  mean {statistics.mean(held_out):.3f}{spread}")
 
 
-def recall_sequences(n: int, pairs: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, 2 * pairs): key, value, key, value ... with a random key -> value map per sequence."""
-    maps = torch.stack([torch.randperm(N_VALS, generator=generator) for _ in range(n)]) + N_KEYS
-    keys = torch.randint(N_KEYS, (n, pairs), generator=generator)
-    return torch.stack([keys, maps.gather(1, keys)], dim=2).view(n, -1)
-
-
 @torch.no_grad()
 def lookup_accuracy(model, shown: int = 8, n: int = 400) -> float:
     g = torch.Generator().manual_seed(12345)
-    seq = recall_sequences(n, shown, g)
+    seq = key_value_sequences(n, shown, N_KEYS, N_VALS, generator=g)
     j = torch.randint(shown, (n,), generator=g)
     query, answer = seq[torch.arange(n), 2 * j], seq[torch.arange(n), 2 * j + 1]
     logits = model(torch.cat([seq, query[:, None]], dim=1))[0][:, -1]
@@ -98,7 +91,7 @@ def associative_recall(cs, seeds, steps) -> None:
                     history.append(lookup_accuracy(model))
                 if step == steps:
                     break
-                seq = recall_sequences(64, PAIRS, g)
+                seq = key_value_sequences(64, PAIRS, N_KEYS, N_VALS, generator=g)
                 logits, _ = model(seq[:, :-1])                     # position 2i predicts value i
                 loss = F.cross_entropy(logits[:, 0::2].flatten(0, 1), seq[:, 1::2].flatten())
                 opt.zero_grad()

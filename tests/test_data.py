@@ -115,6 +115,27 @@ def test_docstring_corpus_does_not_depend_on_which_submodules_were_imported(monk
     assert before, "json has documented functions of its own"
 
 
+def test_key_value_sequences_hold_one_consistent_one_to_one_map_per_sequence():
+    """Within a sequence the same key always has the same value and distinct keys distinct values;
+    maps differ between sequences; a seeded generator repeats the draw; bad sizes are clear errors."""
+    seq = data.key_value_sequences(200, 12, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert seq.shape == (200, 24) and seq.dtype == torch.int64
+    keys, values = seq[:, 0::2], seq[:, 1::2]
+    assert keys.min() >= 0 and keys.max() < 8 and values.min() >= 8 and values.max() < 16
+    maps = set()
+    for k, v in zip(keys.tolist(), values.tolist()):
+        pairs = set(zip(k, v))
+        assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})
+        maps.add(frozenset(pairs))
+    assert len(maps) > 150
+    again = data.key_value_sequences(200, 12, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seq, again)
+    with pytest.raises(ValueError, match="n_values must be >= n_keys"):
+        data.key_value_sequences(2, 3, n_keys=8, n_values=4)
+    with pytest.raises(TypeError):
+        data.key_value_sequences(2.5, 3)
+
+
 def test_char_tokenizer_round_trip_and_errors():
     tok = data.CharTokenizer("hello world")
     assert tok.vocab_size == len(set("hello world"))

@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "DigitsSplits", "load_digits", "make_regression", "make_classification", "TensorBatches", "tensor_loader",
     "pydoc_text", "docstring_corpus", "CharTokenizer", "windows", "random_batch", "split_ids",
+    "key_value_sequences",
     "DATASETS", "RemoteFile", "DownloadError", "fetch", "load_mnist", "load_tiny_shakespeare",
 ]
 
@@ -371,6 +372,28 @@ def split_ids(ids: torch.Tensor, val_frac: float = 0.1) -> tuple[torch.Tensor, t
     val_frac = _check_fraction("val_frac", val_frac)
     n_train = int(len(ids) * (1 - val_frac))
     return ids[:n_train], ids[n_train:]
+
+
+def key_value_sequences(n: int, pairs: int, n_keys: int = 8, n_values: int = 8,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """An associative-recall task: ``key value key value ...``, each sequence with its own random map.
+
+    Keys are ids ``0 .. n_keys - 1`` and values ``n_keys .. n_keys + n_values - 1``. Every
+    sequence draws its own one-to-one map from keys to values, so a value can be predicted only
+    by finding an earlier pair with the same key in the same sequence (in-context lookup:
+    chapter 4 notebook 5, and ``benchmarks/gpt_init.py``).
+
+    Returns:
+        Token ids of shape (n, 2 * pairs), int64.
+    """
+    _check_int("n", n)
+    _check_int("pairs", pairs)
+    _check_int("n_keys", n_keys)
+    if _check_int("n_values", n_values) < n_keys:
+        raise ValueError(f"n_values must be >= n_keys for a one-to-one map, got {n_values} < {n_keys}")
+    maps = torch.stack([torch.randperm(n_values, generator=generator) for _ in range(n)]) + n_keys   # (n, V)
+    keys = torch.randint(n_keys, (n, pairs), generator=generator)                                   # (n, pairs)
+    return torch.stack([keys, maps.gather(1, keys)], dim=2).view(n, -1)
 
 
 # ----------------------------------------------------------------------------- optional downloads
