@@ -45,12 +45,32 @@ def _no_echo_to_kernel(self) -> None:
     """Replaces nbclient's ``OutputWidget.sync_state`` (see ``_execute``)."""
 
 
-def _execute(path: str) -> dict:
-    """Run one notebook in this worker process; return its times, and its executed notebook if it passed."""
+# nbclient's messages when a kernel dies or hangs before it answers its first request: the notebook never
+# ran, so on a busy machine the harness starts a fresh kernel instead of failing it (``_execute``).
+_STARTUP_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in",
+                     "kernel_info")
+STARTUP_RETRIES = 2
+
+
+def _never_ran(nb) -> bool:
+    """True when no code cell of an executed notebook got an execution count (the kernel never ran one)."""
+    return all(c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+def _execute(path: str, env: dict[str, str] | None = None) -> dict:
+    """Run one notebook in this worker process; return its times, and its executed notebook if it passed.
+
+    ``env`` updates this worker's environment first (the kernel inherits it): ``tools/portability.py``
+    sets the CPU kernel path that way. A kernel that dies before its first reply is restarted up to
+    ``STARTUP_RETRIES`` times, each retry logged in the result's ``retries``; only a notebook that ran
+    and failed, or whose kernel never started after the retries, counts as failed.
+    """
     import nbformat
     import nbclient.output_widget
     from jupyter_cache.executors.utils import single_nb_execution
 
+    if env:
+        os.environ.update(env)
     # Why a cell with an ipywidgets Output (chapter 1 notebook 1's `interact`) sometimes stalled for the
     # whole cell timeout and then went on without an error: nbclient plays the frontend of an Output
     # widget, and each time it routes an output (the figure) into one, it echoes the widget's new
@@ -64,17 +84,25 @@ def _execute(path: str) -> dict:
     # for the page separately (``widget_state``), so it is dropped and the socket is only polled.
     nbclient.output_widget.OutputWidget.sync_state = _no_echo_to_kernel
 
-    nb = nbformat.read(path, as_version=4)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=TIMEOUT_S, allow_errors=False)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel was a child of this process, now reaped
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    error = None
-    if result.err is not None:
-        error = (result.exc_string or repr(result.err))[-3000:]
-    return {"path": path, "wall": wall, "cpu": cpu, "error": error,
+    retries: list[str] = []
+    while True:
+        nb = nbformat.read(path, as_version=4)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=TIMEOUT_S, allow_errors=False)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel was a child of this process, now reaped
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        error = None
+        if result.err is not None:
+            error = (result.exc_string or repr(result.err))[-3000:]
+        startup = error is not None and _never_ran(result.nb) and any(m in error for m in _STARTUP_FAILURES)
+        if not startup or len(retries) >= STARTUP_RETRIES:
+            break
+        retries.append(error.strip().splitlines()[-1][:300])
+        print(f"kernel failed to start for {path} (retry {len(retries)} of {STARTUP_RETRIES}): {retries[-1]}",
+              flush=True)
+    return {"path": path, "wall": wall, "cpu": cpu, "error": error, "retries": retries,
             "nb": nbformat.writes(result.nb) if error is None else None}
 
 
