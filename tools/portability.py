@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -49,6 +50,31 @@ THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYDEVD_DISABLE_FILE_
            "PYTHONHASHSEED": "0"}
 
 
+def native_capability() -> str:
+    """The kernel path this CPU selects by itself, as torch names it ("AVX512", "AVX2", "DEFAULT", ...)."""
+    import subprocess
+
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in os.environ.items() if k not in PATHS["native"]}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return out.stdout.strip() or "unknown"
+
+
+def second_path(native: str | None = None) -> str:
+    """The kernel path the Colab-shaped stage of ``make test`` runs under: another one than the native.
+
+    ``avx2`` on a machine that would use AVX-512 (or anything else but AVX2), ``default`` on an AVX2 machine,
+    so that every run of ``make test`` executes every notebook under two kernel paths. The environment
+    variable ``DLBOOK_SECOND_KERNEL_PATH`` overrides the choice.
+    """
+    forced = os.environ.get("DLBOOK_SECOND_KERNEL_PATH")
+    if forced:
+        kernel_env(forced)
+        return forced
+    native = native if native is not None else native_capability()
+    return "default" if native.upper() == "AVX2" else "avx2"
+
+
 def kernel_env(path: str) -> dict[str, str]:
     """The variables a kernel on ``path`` is started with (an empty value means: unset)."""
     if path not in PATHS:
@@ -57,8 +83,6 @@ def kernel_env(path: str) -> dict[str, str]:
 
 
 def _run_one(nb_path: str, path: str) -> dict:
-    import os
-
     env = kernel_env(path)
     for key in [k for k, v in env.items() if v == ""]:
         os.environ.pop(key, None)
