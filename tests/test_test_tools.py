@@ -100,3 +100,34 @@ def test_a_notebook_that_ran_and_failed_is_not_retried(monkeypatch, tmp_path):
     monkeypatch.setattr(utils, "single_nb_execution", fake_execution)
     r = execute_notebooks._execute(str(nb_path))
     assert r["error"] == "AssertionError" and len(calls) == 1 and r["retries"] == []
+
+
+# ---------------------------------------------------------------- prose numbers against outputs
+from tools import check_prose_numbers as prose  # noqa: E402
+
+
+def _nb(markdown: str, output: str, code: str = "x = 1") -> dict:
+    return {"cells": [{"cell_type": "markdown", "source": markdown},
+                      {"cell_type": "code", "source": code,
+                       "outputs": [{"output_type": "stream", "name": "stdout", "text": output}]}]}
+
+
+@pytest.mark.parametrize("written, printed, ok", [
+    ("accuracy 0.45", "0.4499", True), ("accuracy 0.45", "0.456", False), ("gain 1.55x", "1.548", True),
+    ("gain 1.5x", "1.55", True), ("reached 45%", "0.452", True), ("reached 45%", "0.47", False),
+    ("reached 4.5%", "0.0449", True), ("loss 1.728", "1.7284", True), ("loss 1.728", "1.73", False),
+    ("1,337 s and 22.3 min", "22.31", True), ("ratio 0.02", "std=2e-2", True)])
+def test_a_prose_number_must_be_printed_at_its_stated_precision(written, printed, ok):
+    assert (prose.check(_nb(f"We measured {written} here.", printed)) == []) is ok
+
+
+def test_math_code_citations_bounds_and_marked_numbers_are_not_checked():
+    markdown = ("The scale is $0.125 = 1/8$ and `lr=0.7`. Their error is 10.6 points lower {cite}`wu2018group`. "
+                "Accuracy stays above 0.9 and below 1.5x. Versions: torch 2.13.0.\n"
+                "The other paths gave 0.61. <!-- prose-numbers: 0.61 is the avx2 path's value -->")
+    assert prose.check(_nb(markdown, "nothing")) == []
+
+
+def test_a_drifted_number_is_reported_with_its_sentence():
+    problems = prose.check(_nb("Training. Every clipped seed ends at about 0.45 on average.", "0.544 0.456 0.458"))
+    assert [(n, s[:20]) for _, n, s in problems] == [("0.45", "Every clipped seed e")]

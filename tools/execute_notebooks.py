@@ -11,7 +11,8 @@ site build shows these outputs without executing anything again. The cache is em
 notebook that failed here is not in it, so the site build executes it and fails on it too, and no
 output from an earlier run can reach the site.
 
-Writes ``_build/notebook_times.json`` (per notebook: wall seconds, kernel CPU seconds, ok, error) and a
+Also writes a copy of each executed notebook under ``_build/executed/`` (what
+``tools/check_prose_numbers.py`` reads), ``_build/notebook_times.json`` (per notebook: wall seconds, kernel CPU seconds, ok, error) and a
 JUnit report ``_build/test-reports/execute.xml`` (one test per notebook; a notebook over its budget,
 120 s of wall time or 60 s of CPU, fails). A kernel that dies before its first reply is restarted, up to
 twice, before the notebook counts as failed. Exit status 1 if any notebook failed or ran over budget.
@@ -38,6 +39,7 @@ from tools.reports import over_budget, write_junit  # noqa: E402
 
 CACHE = ROOT / "_build" / ".jupyter_cache"
 TIMES = ROOT / "_build" / "notebook_times.json"
+EXECUTED = ROOT / "_build" / "executed"  # a copy of each executed notebook, for tools/check_prose_numbers.py
 REPORT = ROOT / "_build" / "test-reports" / "execute.xml"
 TIMEOUT_S = 300  # the cell timeout of _config.yml; the budget guard (tools.reports) is separate
 
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = [Path(p).resolve() for p in args.paths] or all_notebooks()
     paths = order_by_previous_times(paths)
-    if not args.paths and CACHE.exists():
-        shutil.rmtree(CACHE)  # a full run starts from an empty cache (see the module docstring)
+    if not args.paths:
+        for stale in (CACHE, EXECUTED):  # a full run starts from nothing (see the module docstring)
+            shutil.rmtree(stale, ignore_errors=True)
     cache = get_cache(str(CACHE))
 
     # One thread per kernel: two kernels share two cores (the kernel inherits these).
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # the worker itself died
                 r = {"path": str(path), "wall": 0.0, "cpu": 0.0, "error": f"{type(exc).__name__}: {exc}", "nb": None}
             if r["nb"] is not None:
+                copy = EXECUTED / path.relative_to(ROOT)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                copy.write_text(r["nb"])
                 uri = str(path)
                 cache.add_nb_to_project(uri)
                 cache.cache_notebook_bundle(CacheBundleIn(nbformat.reads(r["nb"], as_version=4), uri,

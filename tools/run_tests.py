@@ -3,6 +3,8 @@
 1. unit: the tests of dlbook (pytest, tests/ without the browser check and the Colab probe);
 2. execute: every notebook under chapters/ and exercises/ once, in this environment, two at a time
    (tools/execute_notebooks.py); the executed notebooks go into the site's jupyter-cache;
+   then prose: every measured-looking number in the notebooks' Markdown must appear in their outputs
+   (tools/check_prose_numbers.py, on the executed copies in _build/executed/);
 3. site: the site build from that cache (warnings are errors; a notebook missing from the cache, because
    it failed in stage 2, is executed by the build and fails it again);
 4. browser: the built site in Debian's Chromium driven by Playwright;
@@ -139,6 +141,7 @@ def main() -> int:
         ("unit", pytest("unit", ["-q", "-n", "2", "tests", "--ignore=tests/browser", "--ignore=tests/colab"]),
          base_env),
         ("execute", [PY, "tools/execute_notebooks.py"], nb_env),
+        ("prose", [PY, "tools/check_prose_numbers.py", "--junit", str(REPORTS / "prose.xml")], base_env),
         ("site", [PY, "tools/build_site.py", "--from-cache"], base_env),
         ("browser", [PY, "tools/ensure_chromium.py"], base_env),
         ("browser", pytest("browser", ["-q", "tests/browser"]), base_env),
