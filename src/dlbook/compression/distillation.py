@@ -1,4 +1,6 @@
-"""Distillation (chapter 6, notebook 3): a student trained on a teacher's softened probabilities::
+"""Distillation (chapter 6, notebook 3): the loss of a student that learns from a teacher.
+
+Distillation trains a student on a teacher's softened probabilities::
 
     loss = distillation_loss(student(x), teacher(x), y, T=4.0, alpha=0.9)
 """

@@ -1,4 +1,6 @@
-"""Pruning (chapter 6, notebook 2): set weights to zero (a mask) or remove whole neurons (a smaller model)::
+"""Pruning (chapter 6, notebook 2): masks of small weights, and removing whole neurons.
+
+Pruning sets weights to zero (a mask) or removes whole neurons (a smaller model)::
 
     masks = magnitude_prune(model, 0.8, scope="global")   # the 80% smallest |w| of all layers
     apply_masks(model, masks)                             # after every optimizer step

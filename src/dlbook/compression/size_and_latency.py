@@ -1,4 +1,6 @@
-"""Measuring a model (chapter 6, notebook 1): every claim of "smaller" or "faster" is a measurement::
+"""Measuring a model (chapter 6, notebook 1): its size and its latency.
+
+Every claim of "smaller" or "faster" in the chapter is a measurement::
 
     model_size(model)                    # ModelSize(bytes=..., params=..., nonzero=...)
     latency(model, x, threads=1)         # Latency(median=..., iqr=..., runs=...) in seconds
