@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from dlbook.compression import (Int8Linear, QuantLinear, apply_masks, dequantize, distillation_loss, fake_quantize,
-                                latency, magnitude_prune, model_size, prune_neurons, qrange, quant_params,
+from dlbook.compression import (Int8Linear, QuantLinear, apply_masks, compare_latency, dequantize, distillation_loss,
+                                fake_quantize, latency, magnitude_prune, model_size, prune_neurons, qrange, quant_params,
                                 quantize, replace_linears)
 from dlbook.mlp import MLP
 
@@ -80,6 +80,23 @@ def test_latency_restores_mode_and_threads_and_returns_seconds():
 def test_latency_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         latency(mlp(), torch.randn(2, 16), **kwargs)
+
+
+def test_compare_latency_pairs_rounds_and_finds_a_large_speed_up():
+    """A 64x larger matmul is slower by far more than noise: the small one's speed-up is well above 1,
+    the reference's is exactly 1, and the medians are seconds."""
+    big, small = torch.randn(512, 512), torch.randn(64, 64)
+    result = compare_latency({"big": lambda v: v @ big, "small": lambda v: v[:, :64] @ small},
+                             torch.randn(64, 512), rounds=3, min_run_time=0.01)
+    assert list(result) == ["big", "small"] and result["big"].speedup == 1.0
+    assert result["small"].speedup > 4 and 0 < result["small"].median < result["big"].median < 0.1
+
+
+@pytest.mark.parametrize("models, kwargs, error", [({}, {}, TypeError), ([mlp()], {}, TypeError),
+                                                   ({"a": mlp()}, {"rounds": 0}, ValueError)])
+def test_compare_latency_rejects_bad_arguments(models, kwargs, error):
+    with pytest.raises(error):
+        compare_latency(models, torch.randn(2, 16), **kwargs)
 
 
 # ----------------------------------------------------------------------------- pruning
