@@ -3,9 +3,11 @@
 Each test grades real submissions with the command line (or calls the one function at fault) and states the
 finding it replays. The grading runs are session fixtures, so a class is graded once per run:
 
-* the *hostile class* (root, namespaces, ``--jobs 2``): a surrogate in a message, a Latin-1 file name, a notebook
-  nested 100,000 deep, a formula as a name, keyrings, the instructor's environment, exit 71, hidden tests read
-  by module name and from bytecode, memory held in a memfd and by forked children;
+* the *fragile class*: files that each ended the whole run before (a surrogate in a message, a Latin-1 file
+  name, a notebook nested 100,000 deep) and a formula as a name;
+* the *hostile class* (root, namespaces, ``--jobs 2``): keyrings, the instructor's environment, exit 71, hidden
+  tests read by module name and from bytecode, a hidden test's inputs written into the feedback, memory held in
+  a memfd and by forked children;
 * the *user-namespace class* (the path of a non-root instructor): the process cap, keyrings, the environment;
 * the *CPU class* (``--jobs 2``): a fork tree of spinners beside an honest student;
 * the *rlimits class*: a detached process holding the grading socket;
@@ -222,8 +224,18 @@ for path in glob.glob("SITE/dlbook_hiddenpyc_TAG/__pycache__/*.pyc"):
 '''
 
 
-def _produce_hostile(folder: Path) -> dict:
-    tag = secrets.token_hex(4)
+LEAK_INPUTS = r'''
+def bce_with_logits(logits, targets):
+    raise ValueError("inputs " + repr(logits.tolist()))
+'''
+
+
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory):
+    """Files that each ended the whole run before: a surrogate in a message, a Latin-1 name, a notebook nested
+    100,000 deep; and a formula as a name."""
+    _needs_sandbox()
+    folder = tmp_path_factory.mktemp("fragile")
     subs = folder / "subs"
     subs.mkdir()
     correct = FIXTURES / "correct.ipynb"
@@ -231,6 +243,16 @@ def _produce_hostile(folder: Path) -> dict:
     _write(subs, b"Jos\xe9.ipynb", _notebook(correct))
     (subs / "deep.ipynb").write_text('{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}")
     _write(subs, "=2+5.ipynb", _notebook(FIXTURES / "blank.ipynb"))
+    proc, _ = _grade(subs, folder / "out", "--jobs", "2", "--timeout", "60")
+    return folder / "out", {"rc": proc.returncode, "stderr": proc.stderr.decode("utf-8", "replace")[-4000:]}
+
+
+def _produce_hostile(folder: Path) -> dict:
+    tag = secrets.token_hex(4)
+    subs = folder / "subs"
+    subs.mkdir()
+    correct = FIXTURES / "correct.ipynb"
+    _write(subs, "leak_inputs.ipynb", _notebook(correct, LEAK_INPUTS, after="def bce_with_logits"))
     _write(subs, "keyring.ipynb", _notebook(FIXTURES / "blank.ipynb", KEYRING_PROBE.replace("KEYTAG", tag)))
     _write(subs, "environment.ipynb", _notebook(FIXTURES / "blank.ipynb", ENV_PROBE.replace("ENVTAG", tag)))
     _write(subs, "exit71.ipynb", _notebook(correct, "import os\nos._exit(71)\n", after='check("q2")'))
@@ -245,6 +267,7 @@ def _produce_hostile(folder: Path) -> dict:
     try:
         proc, wall = _grade(subs, folder / "out", "--jobs", "2", "--timeout", "60", "--memory-mb", "2048",
                             "--extra-tests", name, "--extra-tests", str(package / "tests.py"),
+                            "--extra-tests", str(FIXTURES / "hidden_tests.py"),
                             env=env, prefix=_keyring_wrapper(tag))
     finally:
         module.unlink()
@@ -265,35 +288,35 @@ def hostile(tmp_path_factory):
     return folder / "out", facts
 
 
-def test_a_surrogate_in_a_message_costs_nothing_but_its_own_row(hostile):
+def test_a_surrogate_in_a_message_costs_nothing_but_its_own_row(fragile):
     """Found: ValueError(chr(0xD800)) made the run exit 2 with no grades.csv. Now every row is written, the
     message keeps a replacement character, and the attacker's answers still count."""
-    out, facts = hostile
+    out, facts = fragile
     assert facts["rc"] == 0, facts["stderr"]
     assert (out / "grades.csv").exists()
     report = _report(out, "surrogate")
     assert report["total"] == 14 and "\ufffd in a message" in _errors(report)  # 14: the hidden q1 tests fail
 
 
-def test_a_latin1_file_name_is_read_as_latin1(hostile):
+def test_a_latin1_file_name_is_read_as_latin1(fragile):
     """Found: José.ipynb written by an old system (Latin-1 bytes) ended the run. Now the student is José."""
-    out, facts = hostile
+    out, facts = fragile
     assert facts["rc"] == 0, facts["stderr"]
     assert _report(out, "José")["total"] == 14
     assert "\nJosé,3,4,4,3,0,14,ok\n" in (out / "grades.csv").read_text(encoding="utf-8")
 
 
-def test_a_notebook_nested_100000_deep_is_an_unreadable_row(hostile):
+def test_a_notebook_nested_100000_deep_is_an_unreadable_row(fragile):
     """Found: a 200 kB notebook nested 100,000 deep ended the run (RecursionError) before anyone was graded."""
-    out, facts = hostile
+    out, facts = fragile
     assert facts["rc"] == 0, facts["stderr"]
     report = _report(out, "deep")
     assert report["status"] == "unreadable notebook" and "nested too deeply" in report["detail"]
 
 
-def test_a_formula_as_a_file_name_is_text_in_grades_csv(hostile):
+def test_a_formula_as_a_file_name_is_text_in_grades_csv(fragile):
     """Found: a file named =2+5.ipynb put a formula into grades.csv. Now the cell starts with an apostrophe."""
-    out, _ = hostile
+    out, _ = fragile
     lines = (out / "grades.csv").read_text(encoding="utf-8").splitlines()
     assert "'=2+5,0,0,0,0,0,0,ok" in lines and not any(line.startswith("=") for line in lines)
 
@@ -317,7 +340,20 @@ def test_a_exit_71_is_a_crash_not_a_refused_sandbox(hostile):
     """Found: a submission that called os._exit(71) was reported "not run (no sandbox)" with its points kept."""
     out, _ = hostile
     report = _report(out, "exit71")
-    assert report["status"] == "crashed (exit 71)" and report["total"] == 7
+    assert report["status"] == "crashed (exit 71)" and report["total"] == 8
+
+
+def test_a_hidden_test_inputs_cannot_be_written_into_the_feedback(hostile):
+    """Found: a function that raises with its arguments in the message wrote a hidden test's inputs into the
+    feedback. Now a hidden row says only that it raised; the message stays in the instructor's summary.md."""
+    out, _ = hostile
+    report = _report(out, "leak_inputs")
+    row = next(t for q in report["questions"] for t in q["tests"] if t["name"] == "bce_is_stable_in_float32")
+    assert row["hidden"] and row["status"] == "error" and "50.0" not in row["message"], row
+    feedback = (out / "leak_inputs.md").read_text(encoding="utf-8")
+    assert "bce\\_is\\_stable\\_in\\_float32 (hidden test): error: raised an exception" in feedback
+    assert "50.0" not in feedback.split("bce\\_is\\_stable\\_in\\_float32")[1].splitlines()[0]
+    assert "50.0" in (out / "summary.md").read_text(encoding="utf-8")
 
 
 def test_b_hidden_tests_by_module_name_and_their_bytecode_are_invisible(hostile):
@@ -396,12 +432,17 @@ def test_c_keyrings_and_environment_are_closed_in_the_user_namespace_path(userns
 
 SPINNERS = r'''
 import os, time
-for _ in range(24):
+for _ in range(64):
     if os.fork() == 0:
-        end = time.monotonic() + 40
-        while time.monotonic() < end:
+        while True:
             pass
-        os._exit(0)
+time.sleep(60)
+'''
+HONEST_WORK = r'''
+import time
+start = time.process_time()
+while time.process_time() - start < 1:  # an honest CPU second (a small training run, say)
+    pass
 '''
 
 
@@ -412,8 +453,8 @@ def test_e_a_fork_tree_of_spinners_does_not_starve_a_classmate(tmp_path):
     subs = tmp_path / "subs"
     subs.mkdir()
     _write(subs, "spinner.ipynb", _notebook(FIXTURES / "blank.ipynb", SPINNERS))
-    _write(subs, "honest.ipynb", _notebook(FIXTURES / "correct.ipynb"))
-    proc, _ = _grade(subs, tmp_path / "out", "--jobs", "2", "--timeout", "30")
+    _write(subs, "honest.ipynb", _notebook(FIXTURES / "correct.ipynb", HONEST_WORK))
+    proc, _ = _grade(subs, tmp_path / "out", "--jobs", "2", "--timeout", "60")
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     honest = _report(tmp_path / "out", "honest")
     assert (honest["status"], honest["total"]) == ("ok", 14), honest["status"]

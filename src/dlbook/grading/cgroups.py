@@ -74,8 +74,9 @@ def _read(path: str) -> str:
 class Groups:
     """The control groups of one grading run: ``<own group>/dlbook-<pid>/<name>`` in each hierarchy used."""
 
-    def __init__(self, tag: str | None = None):
+    def __init__(self, tag: str | None = None, jobs: int = 1):
         self.tag = tag or f"dlbook-{os.getpid()}"
+        self.jobs = max(1, int(jobs))
         self.version: int | None = None
         self.bases: dict[str, str] = {}  # controller (or "" for v2) -> this run's folder
         self.how = "no cgroup"
@@ -114,6 +115,10 @@ class Groups:
                 pass
             return False
         self.version, self.bases = 2, {"": run}
+        try:  # the run weighs as much as its --jobs processes would (each submission's group weighs the same)
+            _write(run + "/cpu.weight", str(min(10000, 100 * self.jobs)))
+        except OSError:
+            pass
         self.how = "cgroup v2 (memory, pids, cpu)"
         return True
 
@@ -142,6 +147,11 @@ class Groups:
             self.close()
             return False
         self.version, self.bases = 1, made
+        if "cpu" in made:  # the run weighs as much as its --jobs processes would (each submission's group weighs the same)
+            try:
+                _write(made["cpu"] + "/cpu.shares", str(1024 * self.jobs))
+            except OSError:
+                pass
         self.how = "cgroup v1 (" + ", ".join(c for c in ("memory", "pids", "cpu") if c in made) + ")"
         return True
 

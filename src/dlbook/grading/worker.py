@@ -231,7 +231,7 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
     root = os.path.join(workdir, ".root")
     os.makedirs(root, exist_ok=True)
     hidden_paths = _masks([workdir, *notebooks, *extra, *hide])
-    groups = Groups()  # one control group per submission, where the system has them
+    groups = Groups(jobs=jobs)  # one control group per submission, where the system has them
     base_config = {"root": root, "hide": hidden_paths, "cpu": cpu, "memory_mb": memory_mb,
                    "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512,
                    "cgroup_how": groups.how}
