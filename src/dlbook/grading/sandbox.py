@@ -11,12 +11,16 @@ each submission the grading process sends it one end of a socket; the zygote for
    no view of the grader's folders, the hidden tests, the other submissions or the output folder; then it
    drops to user ``nobody`` (as root) or into a nested user namespace without privileges. Where any of that
    is impossible it keeps going with the resource limits alone and says so;
-2. limits its CPU time, address space and core files (``resource.setrlimit``);
-3. answers the grader's requests (:func:`serve`): run a cell, read a name, call a function, read an
+2. limits its CPU time, address space, processes and core files (``resource.setrlimit``), after joining its own
+   control group (:mod:`dlbook.grading.cgroups`: memory, processes and CPU weight for its whole process tree);
+3. keeps only an allowlist of the environment, joins a fresh empty session keyring and installs a seccomp filter
+   (:mod:`dlbook.grading.seccomp`), in every mode, namespaces or not;
+4. answers the grader's requests (:func:`serve`): run a cell, read a name, call a function, read an
    attribute, run a probe. Every answer is data (:mod:`dlbook.grading.wire`); objects stay here behind
    handles.
 
-The child's exit status goes back to the grading process through the control socket.
+The child's exit status goes back to the grading process through the control socket. If setting up fails, the
+child's first message says what failed (``{"failed": ...}``), which the student's report carries as ``detail``.
 """
 
 from __future__ import annotations

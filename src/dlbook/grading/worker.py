@@ -12,9 +12,16 @@ any test), and only then imports the set's tests and the instructor's hidden one
    the cell that calls ``check("qN")`` (and every question left at the end) by running the tests here, with
    ``ns`` a proxy (:mod:`dlbook.grading.proxy`). Each question's result goes to this process through a pipe as
    soon as it is known, so a later hang or crash keeps it;
-3. kills the submission (its process group, and with it its PID namespace) when it runs past the wall-clock
-   timeout (counted from its start), and prints one JSON line per submission on stdout: the records and how
-   the submission ended (its exit code, reported by the zygote).
+3. kills the submission (its process group, and with it its PID namespace, then every process left in its control
+   group) when it runs past the wall-clock timeout (counted from its start), and the grading child (a
+   process-group leader) with it; a grading child still waiting on its socket after the submission ended (a
+   process the submission left behind holds the other end) is ended too. It prints one JSON line per submission
+   on stdout: the records and how the submission ended (its exit code, reported by the zygote, and whether its
+   control group ran out of memory).
+
+Hidden tests are imported without writing bytecode, and the sandbox masks each hidden file, its ``__pycache__``
+bytecode and its folder (:func:`_masks`). Each grading child's address space is capped (:data:`GRADER_HEADROOM_MB`
+above what it holds at its start).
 
 No file the submission could write is read. This process and its grading children are not dumpable
 (``PR_SET_DUMPABLE``), so a process of the same user cannot attach to them or read their memory.
