@@ -651,3 +651,55 @@ def test_f_the_gradescope_autograder_grades_a_submission_laid_out_as_gradescope_
     hidden = tests["q2 (hidden tests)"]
     assert (hidden["score"], hidden["max_score"], hidden["visibility"]) == (1, 1, "after_published")
     assert "bce_is_stable_in_float32" not in tests["q2"]["output"]
+
+
+# ---------------------------------------------------------------------------------------------- control groups
+
+
+def test_e_a_control_group_takes_a_whole_process_tree_and_kills_it_whole():
+    """A process that joins a submission's group brings all it forks; a child that left its process group and
+    session (setsid) is still killed when the group is removed, and the group's limits are written."""
+    from dlbook.grading.cgroups import Groups
+
+    groups = Groups(tag=f"dlbook-test-{os.getpid()}")
+    if not groups.available:
+        pytest.skip(groups.how)
+    try:
+        procs = groups.make("0", 256 << 20, 16)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for path in procs:
+                    with open(path, "w") as f:
+                        f.write(str(os.getpid()))
+                os.setsid()
+                if os.fork() == 0:
+                    os.setsid()
+                    time.sleep(60)
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + 30
+        while len(groups.pids("0")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(groups.pids("0")) == 2
+        if groups.version == 1:
+            limit = Path(groups.bases["memory"], "0", "memory.limit_in_bytes").read_text()
+            assert int(limit) == 256 << 20 and Path(groups.bases["pids"], "0", "pids.max").read_text().strip() == "16"
+        groups.remove("0")
+        assert groups.pids("0") == set()
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    finally:
+        groups.close()
+
+
+def test_e_without_root_or_a_delegated_subtree_the_fallback_is_stated(monkeypatch):
+    """Not root and no writable cgroup v2 subtree: no group, and `how` says so (it lands in `isolation`)."""
+    from dlbook.grading import cgroups
+
+    monkeypatch.setattr(cgroups.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(cgroups.Groups, "_try_v2", lambda self: False)
+    groups = cgroups.Groups()
+    assert not groups.available and groups.make("0", 1 << 30, 16) == []
+    assert groups.how.startswith("no cgroup (no writable cgroup v2 subtree")
