@@ -429,6 +429,23 @@ def wire_send_refusal(sock: socket.socket, isolation: str) -> None:
     wire.send_frame(sock, {"hello": "not run: a sandbox was required; " + isolation})
 
 
+def _tasks_of(uid: int) -> int:
+    """How many tasks (threads) user ``uid`` runs now: without namespaces RLIMIT_NPROC counts all of them (the
+    instructor's desktop included), so the submission's cap is added to that count, not set below it."""
+    count = 0
+    try:
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    if entry.stat().st_uid == uid:
+                        count += len(os.listdir(f"/proc/{entry.name}/task"))
+                except OSError:
+                    continue
+    except OSError:
+        return 0
+    return count
+
+
 def _confine() -> str:
     """A fresh empty session keyring, then the seccomp filter (:mod:`dlbook.grading.seccomp`); say what held."""
     from dlbook.grading import seccomp
@@ -462,7 +479,8 @@ def _start(sock: socket.socket, config: dict, isolation: str, how) -> None:
         step = "setting its limits"
         set_limits(config.get("cpu"), config.get("memory_mb"))
         try:  # a process cap in every path (the control group's pids.max is the one that holds for root)
-            resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
+            cap = MAX_PROCESSES if how else MAX_PROCESSES + _tasks_of(os.getuid())
+            resource.setrlimit(resource.RLIMIT_NPROC, (cap, cap))
         except (ValueError, OSError):
             pass
         step = "closing keyrings and system calls"
