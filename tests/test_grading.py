@@ -38,9 +38,10 @@ HANG_TIMEOUT = 8  # seconds: the infinite_loop fixture is stopped after this
 
 EXPECTED_CSV = """\
 student,q1,q2,q3,q4,q5,total,status
+(maximum),3,5,4,3,4,19,
 blank,0,0,0,0,0,0,ok
 correct,3,5,4,3,0,15,ok
-corrupt,0,0,0,0,0,0,invalid notebook
+corrupt,0,0,0,0,0,0,unreadable notebook
 infinite_loop,3,0,0,0,0,3,timeout after 8 s
 monkeypatch,0,0,0,0,0,0,ok
 os_exit,3,5,0,0,0,8,crashed (exit 3)
@@ -539,7 +540,21 @@ def test_c_the_fixture_class_gets_exactly_the_expected_grades(fixture_class):
     out, _ = fixture_class
     assert (out / "grades.csv").read_text() == EXPECTED_CSV
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["grades.csv"] + [f"{p.stem}.json" for p in FIXTURES.glob("*.ipynb")])
+        ["grades.csv", "summary.md"] + [f"{p.stem}.{ext}" for p in FIXTURES.glob("*.ipynb") for ext in ("json", "md")])
+
+
+def test_f_the_class_summary_and_each_students_feedback_are_written(fixture_class):
+    """summary.md: per question the mean, median, attempted and the most frequent failures with their hints
+    (the hidden test's own message included: the summary is the instructor's); <student>.md: the rows the
+    notebook's check() would print, the hidden test marked as such and without its message."""
+    out, _ = fixture_class
+    summary = (out / "summary.md").read_text()
+    assert "| q1 | 3 | 1.43 | 1 | 5 |" in summary  # (3+0+0+3+0+3+1)/7: correct, infinite_loop, os_exit, partly_wrong
+    assert "## q1: most frequent failures" in summary and "tanh's derivative" in summary
+    feedback = (out / "partly_wrong.md").read_text()
+    assert feedback.startswith("# 00\\_preliminaries: partly\\_wrong\n\n**Total: 4 / 19** (ok)")
+    assert "`FAIL` 0/2 sigmoid\\_grad\\_matches\\_autograd: max abs error" in feedback
+    assert "bce\\_is\\_stable\\_in\\_float32 (hidden test): failed" in feedback
 
 
 def test_c_partial_results_survive_a_hang_and_a_crash(fixture_class):
@@ -559,11 +574,11 @@ def test_c_monkeypatching_the_comparisons_gains_nothing(fixture_class):
     assert {t["status"] for q in cheat["questions"] for t in q["tests"] if q["question"] != "q5"} == {"fail"}
 
 
-def test_c_blank_is_not_attempted_and_corrupt_is_invalid(fixture_class):
+def test_c_blank_is_not_attempted_and_corrupt_is_unreadable(fixture_class):
     out, _ = fixture_class
     blank, corrupt = _student(out, "blank"), _student(out, "corrupt")
     assert {t["status"] for q in blank["questions"] for t in q["tests"]} == {"not attempted"}
-    assert (corrupt["status"], corrupt["detail"]) == ("invalid notebook", "not a text file")
+    assert (corrupt["status"], corrupt["detail"]) == ("unreadable notebook", "not a text file")
 
 
 def test_c_wrong_answers_get_hints_and_hidden_tests_count(fixture_class):
@@ -820,6 +835,7 @@ LISTEN_PORT = 47311  # adv_network connects here
 
 EXPECTED_ADVERSARIAL_CSV = """\
 student,q1,q2,q3,q4,q5,total,status
+(maximum),7,6,4,3,4,24,
 adv_escape_sandbox,0,0,0,0,0,0,ok
 adv_forge_files,0,0,0,0,0,0,ok
 adv_gc_inspect,0,0,0,0,0,0,ok
@@ -936,8 +952,8 @@ def test_e_no_attack_reached_outside_its_sandbox(adversarial_class):
     errors = [e for path in out.glob("adv_*.json") for e in _student(out, path.stem)["cell_errors"]]
     assert not [e for e in errors if any(word in e for word in ("LEAKED", "WROTE", "CONNECTED", "ESCAPED"))], errors
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["grades.csv"] + [f"{p.stem}.json" for p in ADVERSARIAL.glob("*.ipynb")]
-        + ["correct.json", "partly_wrong.json", "proxy_learner.json"])
+        ["grades.csv", "summary.md"] + [f"{stem}.{ext}" for stem in [p.stem for p in ADVERSARIAL.glob("*.ipynb")]
+                                        + ["correct", "partly_wrong", "proxy_learner"] for ext in ("json", "md")])
 
 
 def test_e_lying_and_oversized_answers_fail_only_their_own_test(adversarial_class):
@@ -962,6 +978,7 @@ def test_rlimits_only_grading_gives_the_same_grades_and_says_so(tmp_path, capfd)
     correct, blank = grade_submissions("00_preliminaries", [FIXTURES / "correct.ipynb", FIXTURES / "blank.ipynb"],
                                        tests, hidden, timeout=60, jobs=2, isolation="rlimits")
     assert (correct.total, blank.total, correct.status, blank.status) == (14, 0, "ok", "ok")  # q5 not in the fixture
-    assert correct.isolation == blank.isolation == "rlimits only"
+    assert correct.isolation == blank.isolation and correct.isolation.startswith("rlimits only;")
+    assert "seccomp filter" in correct.isolation  # the filter, keyring and control group hold without namespaces
     err = capfd.readouterr().err
     assert err.count("graded with resource limits alone") == 1

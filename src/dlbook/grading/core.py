@@ -128,6 +128,29 @@ def _to_tensor(value, what: str):
         raise AssertionError(f"{what} should be a tensor or a number, got {type(value).__name__}") from err
 
 
+def _numel_and_shape(value):
+    """(number of elements, shape) of a tensor or array without converting it; None for anything else."""
+    if ref.is_tensor(value) or isinstance(value, np.ndarray):
+        return int(np.prod(tuple(value.shape), dtype=np.int64)), tuple(value.shape)
+    if isinstance(value, (bool, int, float, np.number)):
+        return 1, ()
+    return None
+
+
+def _check_size(actual, expected, tail: str) -> None:
+    """Refuse an answer whose size or shape cannot match the expected one, from its shape alone: a huge answer
+    then costs the grading process nothing (no float64 copy, no broadcast)."""
+    mine, theirs = _numel_and_shape(actual), _numel_and_shape(expected)
+    if theirs is None:
+        return
+    if mine is None:
+        if isinstance(actual, (list, tuple)) and len(actual) > max(theirs[0], 1):
+            raise AssertionError(f"a sequence of {len(actual)} items, expected shape {theirs[1]}{tail}")
+        return
+    if mine[1] != theirs[1] and not mine[0] == theirs[0] == 1:
+        raise AssertionError(f"shape {mine[1]}, expected {theirs[1]}{tail}")
+
+
 def assert_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0, hint: str | None = None) -> None:
     """Fail with a helpful message unless ``|actual - expected| <= atol + rtol * |expected|`` everywhere.
 
@@ -149,6 +172,7 @@ def assert_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0, hint: 
             and expected.is_floating_point() and actual.element_size() < expected.element_size():
         tail += f" (your result is {str(actual.dtype).replace('torch.', '')}, the expected one " \
                 f"{str(expected.dtype).replace('torch.', '')}: keep the inputs' dtype)"
+    _check_size(actual, expected, tail)  # before any conversion or arithmetic on the learner's answer
     a = _to_tensor(actual, "your result")
     e = _to_tensor(expected, "the expected result")
     if tuple(a.shape) != tuple(e.shape):
