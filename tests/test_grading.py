@@ -734,6 +734,7 @@ stub = ...
 PROXY_TESTS = '''
 import torch
 from dlbook.grading import NotAttempted, assert_close, probes, question
+from dlbook.grading.inputs import changed_inputs
 
 @question("q1", points=1)
 def proxy_calls_classes_methods_and_attributes(ns):
@@ -760,11 +761,12 @@ def proxy_probes_run_autograd_and_training(ns):
     assert len(losses) == 3 and losses[0] > losses[-1] and state["weight"].shape == (5,)
 
 @question("q1", points=1)
-def proxy_mirrors_in_place_changes_and_generator_draws(ns):
-    """An argument changed in place, and a generator drawn from, change in the test as they would in-process."""
+def proxy_reports_in_place_changes_and_mirrors_generator_draws(ns):
+    """An argument changed in place stays intact in the test and is reported; a generator drawn from advances."""
     t = torch.zeros(3)
     ns.bump_in_place(t)
-    assert torch.equal(t, torch.ones(3))
+    assert torch.equal(t, torch.zeros(3)), t
+    assert changed_inputs(ns) == ["`bump_in_place` changed its argument 1"], changed_inputs(ns)
     g, h = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     first, second = ns.draw(10, g), ns.draw(10, g)
     assert torch.equal(first, torch.randperm(10, generator=h)) and torch.equal(second, torch.randperm(10, generator=h))
@@ -793,7 +795,7 @@ def test_e_the_proxy_serves_calls_handles_probes_mutations_and_errors(adversaria
     grade = _student(out, "proxy_learner")
     rows = {t["name"]: t for q in grade["questions"] for t in q["tests"]}
     for name in ("proxy_calls_classes_methods_and_attributes", "proxy_probes_run_autograd_and_training",
-                 "proxy_mirrors_in_place_changes_and_generator_draws", "proxy_reports_the_learners_exception_by_name"):
+                 "proxy_reports_in_place_changes_and_mirrors_generator_draws", "proxy_reports_the_learners_exception_by_name"):
         assert rows[name]["status"] == "pass", rows[name]
     assert rows["proxy_stub_is_not_attempted"]["status"] == "not attempted"
     assert grade["status"] == "ok" and grade["cell_errors"] == []
