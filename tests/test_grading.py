@@ -634,6 +634,26 @@ def test_exercises_page_has_a_section_with_the_colab_link_of_every_set(set_id):
     assert f"({colab_url(set_id)})" in page
 
 
+_COUNTS = {"Three": 3, "Four": 4, "Five": 5, "Six": 6, "Seven": 7}
+
+
+@pytest.mark.parametrize("set_id", SETS)
+def test_exercises_page_gives_each_sets_number_of_questions_and_points_as_its_tests_define_them(set_id):
+    """The "N questions, M points" of each section are the set's own: a question or a point added to the tests
+    and not to the page fails here."""
+    import re
+
+    page = (ROOT / "exercises" / "index.md").read_text()
+    section = next(s for s in page.split("\n### ") if f"({colab_url(set_id)})" in s)
+    said = re.search(r"\b(\w+) questions, (\d+(?:\.\d+)?) points", section)
+    assert said, f"the section of {set_id} should say 'N questions, M points'"
+    tests = collect_tests(load_set(set_id))
+    questions = len(dict.fromkeys(spec.question for spec, _ in tests))
+    points = sum(spec.points for spec, _ in tests)
+    assert (_COUNTS.get(said[1]), float(said[2])) == (questions, points), (
+        f"exercises/index.md says {said[0]!r} for {set_id}; its tests define {questions} questions, {points:g} points")
+
+
 # ---------------------------------------------------------------------------------------------- the wire format
 
 

@@ -54,11 +54,20 @@ def causal_mask_blocks_the_future_in_attention(ns):
     g = generator(0)
     q, k, v = (torch.randn(1, 6, 4, generator=g, dtype=F64) for _ in range(3))
     mask = ns.causal_mask(6)
+    assert isinstance(mask, torch.Tensor) and mask.shape == (6, 6) and mask.dtype == torch.bool, (
+        "causal_mask(6) should be a bool tensor of shape (6, 6)")
     out = ref_sdpa(q, k, v, attn_mask=mask)
+    assert bool(torch.isfinite(out).all()), ("a row of the mask is all False: that position may attend to nothing "
+                                             "(its weights are 0 / 0); each position may attend to itself and the past")
     v2 = v.clone()
     v2[:, 4:] += 10.0
     out2 = ref_sdpa(q, k, v2, attn_mask=mask)
     assert_close(out2[:, :4], out[:, :4], atol=1e-12, hint="a later value changed an earlier output: the future leaks")
+    v3 = v.clone()
+    v3[:, :1] += 10.0
+    moved = (ref_sdpa(q, k, v3, attn_mask=mask) - out).abs().amax(dim=-1)[0]
+    assert bool((moved > 1e-3).all()), ("position 0's value does not reach every later output: the mask blocks the "
+                                        "past too; position i may attend to every j <= i")
 
 
 # ---------------------------------------------------------------------------------------------- q2

@@ -21,7 +21,7 @@ from torch.nn.functional import log_softmax as ref_log_softmax
 from torch.nn.functional import one_hot as ref_one_hot
 from torch.optim import SGD as RefSGD
 
-from dlbook.grading import assert_close, question
+from dlbook.grading import assert_close, assert_inputs_unchanged, question
 from dlbook.grading.hints import generator, hint_for
 
 F64 = torch.float64
@@ -110,7 +110,9 @@ def sgd_weight_decay_step_matches_torch(ns):
             "the gradient of (wd / 2) ||w||^2 is wd * w, not 2 * wd * w": w - lr * (grad + 2 * wd * w),
             "the decay pulls w toward 0: add + wd * w to the gradient, not - wd * w": w - lr * (grad - wd * w),
             "you forgot the weight decay": w - lr * grad,
-        }, "w_new = w - lr * (grad + weight_decay * w)"))
+        }, "one plain SGD step on the loss plus (weight_decay / 2) ||w||^2: first work out that term's gradient"))
+        assert_inputs_unchanged(ns, "return a new tensor and leave w as it was, as the question asks "
+                                    "(w - ..., not w -= ...)")
 
 
 # ---------------------------------------------------------------------------------------------- q3
@@ -201,7 +203,8 @@ def ece_matches_the_binned_definition(ns):
 
 @question("q4", points=1, timeout=10)
 def ece_of_simple_cases(ns):
-    """ECE is 0.25 for two 75%-confident predictions with one right, and 0 for confident correct predictions."""
+    """ECE is 0.25 for two 75%-confident predictions with one right, 0 for confident correct predictions, and follows
+    the bins (b/B, (b+1)/B] for confidences on their edges (1 in the last bin)."""
     p = torch.tensor([[0.75, 0.25], [0.25, 0.75]], dtype=F64)
     out = _as_float(ns.ece(p, torch.tensor([0, 0]), 10), "ece")
     assert_close(torch.tensor(out), torch.tensor(0.25), atol=1e-9, hint="accuracy 0.5 at confidence 0.75: a gap of 0.25")
@@ -209,3 +212,36 @@ def ece_of_simple_cases(ns):
     assert_close(torch.tensor(out), torch.tensor(0.0), atol=1e-9,
                  hint="confidence 1 and always right is perfectly calibrated; a confidence of exactly 1 belongs to "
                       "the last bin (b/B, (b+1)/B]")
+    _ece_on_the_edges(ns)
+
+
+def _ece_edges():
+    """Confidences on the bins' edges (5 bins): 1.0 twice (one right), 0.6 (a right edge: bin (0.4, 0.6]), 0.8 and
+    0.75; every predicted class is right but the first."""
+    probs = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.75, 0.125, 0.125]],
+                         dtype=F64)
+    return probs, torch.tensor([0, 0, 0, 2, 0])
+
+
+def _ece_on_the_edges(ns):
+    """With confidences exactly on bin edges (5 bins): a confidence of 1 is in the last bin, 0.6 in (0.4, 0.6]."""
+    probs, target = _ece_edges()
+    out = _as_float(ns.ece(probs, target, 5), "ece")
+    expected = _ref_ece(probs, target, 5)
+    conf, pred = probs.max(1)
+    correct = (pred == target).to(F64)
+
+    def binned(index):  # ECE with bin b = index[i] for example i (a bin index out of range drops it)
+        total = 0.0
+        for b in range(5):
+            inside = index == b
+            if inside.any():
+                total += float(inside.to(F64).mean() * (correct[inside].mean() - conf[inside].mean()).abs())
+        return total
+
+    floor = (conf * 5).floor().long()
+    assert_close(torch.tensor(out), torch.tensor(expected), atol=1e-9, hint=hint_for(out, {
+        "a confidence of exactly 1 was left out of every bin: it belongs to the last bin, (1 - 1/B, 1]": binned(floor),
+        "a confidence on an edge b/B belongs to the bin below it, (b/B - 1/B, b/B]: the bins are closed on the "
+        "right, open on the left": binned(floor.clamp(max=4)),
+    }, "bins (b/B, (b+1)/B], closed on the right; a confidence of exactly 1 is in the last one"))
