@@ -176,10 +176,15 @@ def forty_steps_match_torch_adam(ns):
 
 @question("q3", points=1, timeout=10)
 def inputs_are_not_modified(ns):
-    """adam_update returns new tensors and leaves w, m and v of the caller unchanged."""
+    """adam_update returns the new (w, m, v) from a mid-run state and leaves the caller's w, m and v unchanged."""
     w, g = torch.ones(3, dtype=F64), torch.tensor([1.0, -2.0, 3.0], dtype=F64)
     m, v = torch.full((3,), 0.5, dtype=F64), torch.full((3,), 0.25, dtype=F64)
-    ns.adam_update(w, g, m, v, 3, 0.1, 0.9, 0.999, 1e-8)
+    result = ns.adam_update(w, g, m, v, 3, 0.1, 0.9, 0.999, 1e-8)
+    assert isinstance(result, tuple) and len(result) == 3, "adam_update must return a tuple (w, m, v)"
+    m_new, v_new = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+    w_new = w - 0.1 * (m_new / (1 - 0.9 ** 3)) / ((v_new / (1 - 0.999 ** 3)).sqrt() + 1e-8)
+    for name, mine, expected in zip("wmv", result, (w_new, m_new, v_new)):
+        assert_close(mine, expected, atol=1e-10, hint=f"the new {name} at step t = 3, from m = 0.5 and v = 0.25")
     assert_inputs_unchanged(ns, "compute new tensors (m = beta1 * m + ...) instead of m.mul_(...)")
 
 

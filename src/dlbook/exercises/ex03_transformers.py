@@ -41,10 +41,10 @@ def causal_mask_is_the_lower_triangle(ns):
         expected = torch.tril(torch.ones(t, t, dtype=torch.bool))
         if torch.equal(mask, expected):
             continue
-        if torch.equal(mask, ~expected) or torch.equal(mask, expected.T):
-            raise AssertionError("the mask is flipped: position i may attend to j <= i (lower triangle incl. diagonal)")
         if torch.equal(mask, expected & ~torch.eye(t, dtype=torch.bool)):
             raise AssertionError("the diagonal is missing: each position may attend to itself")
+        if torch.equal(mask, ~expected) or torch.equal(mask, expected.T):
+            raise AssertionError("the mask is flipped: position i may attend to j <= i (lower triangle incl. diagonal)")
         assert torch.equal(mask, expected), f"causal_mask({t}) differs from the lower triangle"
 
 

@@ -37,15 +37,17 @@ def _lora_case(seed, d_out=6, d_in=10, r=3):
 
 @question("q1", points=2, timeout=10)
 def lora_forward_matches_the_formula(ns):
-    """lora_forward(x, W0, b0, A, B, alpha) = x W0^T + b0 + (alpha/r) x A^T B^T, for r = 3, 1 and 4 (alpha = 6,
+    """lora_forward(x, W0, b0, A, B, alpha) = x W0^T + b0 + (alpha/r) x A^T B^T, for r = 3, 1 and 4 (alpha = 10,
     not a multiple of 4)."""
-    for seed, r, alpha in ((0, 3, 6.0), (1, 1, 2.0), (2, 4, 6.0)):
+    for seed, r, alpha in ((0, 3, 9.0), (1, 1, 2.0), (2, 4, 10.0)):
         x, w0, b0, a, b = _lora_case(seed, r=r)
         out = ns.lora_forward(x, w0, b0, a, b, alpha)
         base = ref_linear(x, w0, b0)
         update = x @ a.T @ b.T
         expected = base + alpha / r * update
         assert_close(out, expected, atol=1e-10, hint=hint_for(out, {
+            f"alpha // r rounds down ({alpha:g} // {r} = {alpha // r:g}): the scale is the true ratio alpha / r = "
+            f"{alpha / r:g}": base + (alpha // r) * update,
             "the update is not scaled: multiply B A x by alpha / r": base + update,
             "the scale is upside down: it is alpha / r, not r / alpha": base + r / alpha * update,
             "alpha / r is applied twice": base + (alpha / r) ** 2 * update,
@@ -53,8 +55,6 @@ def lora_forward_matches_the_formula(ns):
             "the bias b0 is missing": expected - b0,
             "r is the rank, the number of rows of A (A.shape[0], or B.shape[1]); B.shape[0] is d_out":
                 base + alpha / b.shape[0] * update,
-            f"alpha // r rounds down (6 // 4 = 1): the scale is the true ratio alpha / r = {alpha / r:g}":
-                base + (alpha // r) * update,
         }, default="the frozen layer's output plus the low-rank update, scaled by alpha over the rank"))
 
 
@@ -195,9 +195,14 @@ def dpo_loss_matches_the_formula(ns):
 
 @question("q5", points=1, timeout=10)
 def dpo_loss_is_log2_at_the_reference(ns):
-    """When the policy equals the reference the loss is log 2, whatever beta."""
+    """When the policy equals the reference the loss is log 2; a policy that prefers the chosen responses more than
+    the reference does has a lower loss."""
     g = generator(6)
     pw, pl = torch.randn(5, generator=g, dtype=F64), torch.randn(5, generator=g, dtype=F64)
     out = ns.dpo_loss(pw, pl, pw.clone(), pl.clone(), 0.3)
     assert_close(out, math.log(2), atol=1e-10, hint="at the start of DPO (policy = reference) every margin is 0, "
                                                       "so the loss is -log sigma(0) = log 2")
+    better = float(torch.as_tensor(ns.dpo_loss(pw + 1.0, pl, pw.clone(), pl.clone(), 0.3)))
+    assert better < math.log(2) - 0.1, (
+        f"the loss is {better:.4g} for a policy that raised every chosen response's log-probability by 1 above the "
+        "reference: it should fall below log 2 (DPO rewards preferring the chosen response more than the reference)")
