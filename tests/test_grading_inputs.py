@@ -51,6 +51,7 @@ def test_fresh_keeps_aliasing_generators_and_the_graph():
     assert a is b and a is not t and same_g is g
     graph.sum().backward()                                  # a copy that requires grad is still on the graph
     assert torch.equal(leaf.grad, torch.ones(2))
+    assert type(fresh(torch.Size([2, 3]))) is torch.Size
     arr = np.zeros(2)
     assert fresh(arr) is not arr and fresh({"k": (arr,)})["k"][0] is not arr
 

@@ -20,6 +20,17 @@ from dlbook.grading.sets import load_set, question_ids
 from grading_mutants import GENERIC, SETS, generic, module, namespace
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One BLAS thread: these tests run small tensors many times, and the unit stage runs two workers on 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _grade(set_id: str, qid: str, ns: dict):
     """(earned, points, failing messages, warnings raised) of question ``qid`` on the namespace ``ns``."""
     # What is tested here is what each answer earns, not how fast a shared machine runs it: the tests' own time
@@ -89,3 +100,60 @@ def test_rewriting_the_tests_inputs_earns_what_a_stub_earns(set_id):
     for qid in module(set_id).NAMES:
         earned, points, messages, _ = _grade(set_id, qid, ns)
         assert earned == 0, f"the input-rewriting cheat earned {earned}/{points} on {qid}: {messages}"
+
+
+# ---------------------------------------------------------------------------------------------- through dlbook-grade
+# The same answers as notebooks, graded by the instructor's grader (a sandboxed process per submission, the tests in
+# the grader's own process): the sets whose tests the cheat fooled most before, and two found mistakes whose in-place
+# change used to be copied back into the test.
+
+_END_TO_END = {
+    "00_preliminaries": {"cheat": None},
+    "04_pretraining": {"cheat": None, "found": ("q1", "ids corrupted in place, labels from them", 2)},
+    "07_interpretability": {"cheat": None, "found": ("q3", "occlude in place, used first", 0)},
+}
+
+
+def _notebook(path, set_id: str, source: str) -> None:
+    from dlbook.grading.student import dumps_notebook
+    from grading_mutants import _reference_cells
+
+    setup = "from dlbook.grading import checker\n" + "import math\nimport torch\nimport torch.nn.functional as F\n" \
+        "from torch import nn\n"
+    cells = [setup, *_reference_cells(set_id), source]
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                     "source": text.splitlines(keepends=True)} for text in cells],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(dumps_notebook(nb), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def graded_end_to_end(tmp_path_factory):
+    from dlbook.grading.batch import grade_submissions, load_tests
+
+    folder = tmp_path_factory.mktemp("mutants-end-to-end")
+    out = {}
+    for set_id, cases in _END_TO_END.items():
+        paths = []
+        for name, case in cases.items():
+            source = module(set_id).CHEAT if case is None else module(set_id).WRONG[case[0]][case[1]][0]
+            paths.append(folder / f"{set_id}-{name}.ipynb")
+            _notebook(paths[-1], set_id, source)
+        tests, hidden = load_tests(set_id)
+        for name, grade in zip(cases, grade_submissions(set_id, paths, tests, hidden, timeout=300, jobs=2)):
+            out[set_id, name] = grade
+    return out
+
+
+@pytest.mark.parametrize("set_id, name", [(s, n) for s, cases in _END_TO_END.items() for n in cases])
+def test_through_dlbook_grade_the_cheat_earns_nothing_and_a_found_mistake_what_it_earns_in_check(
+        graded_end_to_end, set_id, name):
+    grade = graded_end_to_end[set_id, name]
+    assert grade.status == "ok" and grade.cell_errors == [], (grade.status, grade.cell_errors)
+    case = _END_TO_END[set_id][name]
+    for q in grade.questions:
+        expected = case[2] if case is not None and q["question"] == case[0] else 0 if case is None else q["points"]
+        assert q["earned"] == expected, q
+        if case is not None and q["question"] == case[0]:
+            phrase = module(set_id).WRONG[case[0]][case[1]][1]
+            assert any(phrase in t["message"] for t in q["tests"]), q

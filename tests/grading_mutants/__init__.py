@@ -21,6 +21,7 @@ import functools
 import importlib
 import json
 import re
+import types
 from pathlib import Path
 
 import torch
@@ -58,8 +59,18 @@ def _reference(set_id: str) -> dict:
 
 
 def namespace(set_id: str, source: str = "") -> dict:
-    """The set's reference namespace with ``source`` run on top of it (a fresh dict each time)."""
-    ns = dict(_reference(set_id))
+    """The set's reference namespace with ``source`` run on top of it (a fresh dict each time).
+
+    The reference functions are rebound to the new dict, so that one the source replaces is the one they call
+    (``dp_gradient`` calls the mutant's ``clip_and_sum``, as in a notebook).
+    """
+    base = _reference(set_id)
+    ns = dict(base)
+    for name, value in base.items():
+        if isinstance(value, types.FunctionType) and value.__globals__ is base:
+            copy = types.FunctionType(value.__code__, ns, value.__name__, value.__defaults__, value.__closure__)
+            copy.__kwdefaults__, copy.__doc__ = value.__kwdefaults__, value.__doc__
+            ns[name] = copy
     if source:
         exec(compile(source, f"<{set_id} mutant>", "exec"), ns)  # noqa: S102  (our own mutants)
     return ns

@@ -68,9 +68,10 @@ def fresh(value, memo: dict | None = None):
         memo[key] = copy
         copy.extend(fresh(v, memo) for v in value)
         return copy
-    elif isinstance(value, tuple):
-        copy = type(value)(*(fresh(v, memo) for v in value)) if hasattr(value, "_fields") else \
-            tuple(fresh(v, memo) for v in value)
+    elif isinstance(value, tuple):  # a plain tuple, a named tuple or a torch.Size keeps its type
+        items = [fresh(v, memo) for v in value]
+        copy = type(value)(*items) if hasattr(value, "_fields") else tuple(items) if type(value) is tuple else \
+            type(value)(items)
     elif isinstance(value, dict):
         copy = {k: fresh(v, memo) for k, v in value.items()}
     else:  # numbers, strings, generators, learner objects: immutable, or shared on purpose
