@@ -101,5 +101,6 @@ def generic(set_id: str, qid: str, kind: str) -> dict:
         if callable(value) or value is None:
             ns[name] = GENERIC[kind]
         else:  # a value the learner sets (n_params, total_steps, reduction_axes, ...)
-            ns[name] = {"stub": ..., "constant": 0, "no-op": type(value)() if isinstance(value, (dict, str)) else 0}[kind]
+            empty = type(value)() if isinstance(value, (dict, str)) else 0
+            ns[name] = {"stub": ..., "constant": 0, "no-op": empty}[kind]
     return ns

@@ -102,7 +102,7 @@ def attention_applies_the_mask(ns):
         out = ns.attention(q, k, v, mask)
         inverted = ref_sdpa(q, k, v, attn_mask=~mask | torch.eye(6, dtype=torch.bool))
         hint = ("the mask is inverted: True means 'may attend'" if matches(out, inverted) else
-                "set masked scores to -inf before the softmax (masked_fill(~mask, float('-inf')))")
+                "the scores where the mask is False must become -inf before the softmax, so their weights are 0")
         assert_close(out, ref_sdpa(q, k, v, attn_mask=mask), atol=1e-10, hint=hint)
 
 

@@ -61,7 +61,8 @@ def dropout_training_matches_inverted_dropout(ns):
                 x * (u < p).to(F64) / (1 - p),
             "you kept the units with u < p and divided by p: p is the drop probability, keep u >= p and divide by 1 - p":
                 x * (u < p).to(F64) / p,
-        }, "output = x * (u >= p) / (1 - p)"))
+        }, "p is the probability of dropping a unit: keep the units with u >= p, and scale the kept ones so that "
+           "the expected output equals x"))
 
 
 @question("q1", points=1, timeout=10)
@@ -137,7 +138,8 @@ def smoothed_labels_match_torch_label_smoothing(ns):
                 onehot + eps / K,
             "you gave the true class eps and the others (1 - eps) / K: the true class keeps most of the mass":
                 eps * onehot + (1 - eps) / K,
-        }, "(1 - eps) * one_hot(y, K) + eps / K"))
+        }, "the true class keeps 1 - eps of the mass on top of its share, and eps is spread evenly over all K "
+           "classes"))
         loss = -(q.to(F64) * ref_log_softmax(logits, dim=1)).sum(1).mean()
         assert_close(loss, ref_cross_entropy(logits, y, label_smoothing=eps), atol=1e-10,
                      hint="with these targets the cross-entropy should equal torch's label_smoothing")
