@@ -77,6 +77,10 @@ def relative_error(a, b):
 
 WRONG = {
     "q1": {
+        "tanh": ("""
+def sigmoid(x):
+    return torch.tanh(x)
+""", "that is tanh, not the sigmoid"),
         "sign of the exponent": ("""
 def sigmoid(x):
     return 1 / (1 + torch.exp(x))
@@ -106,6 +110,10 @@ def bce_with_logits(logits, targets):
 """, "the sign is flipped"),
     },
     "q3": {
+        "softmax, not its log": ("""
+def log_softmax(logits):
+    return torch.softmax(logits, dim=-1)
+""", "that is softmax, not its log"),
         "no max shift": ("""
 def log_softmax(logits):
     return logits - logits.exp().sum(-1, keepdim=True).log()

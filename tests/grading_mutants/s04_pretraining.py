@@ -92,6 +92,10 @@ def clm_loss(logits, ids):
 """, "a sum, not a mean"),
     },
     "q3": {
+        "the sum": ("""
+def mean_pool(hidden, attention_mask):
+    return (hidden * attention_mask[..., None]).sum(1)
+""", "that is the sum"),
         "padding averaged in": ("""
 def mean_pool(hidden, attention_mask):
     return hidden.mean(1)

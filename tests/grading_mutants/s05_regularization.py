@@ -83,6 +83,14 @@ def dropout_forward(x, u, p, training):
 """, "in eval mode inverted dropout does nothing"),
     },
     "q2": {
+        "2 wd w": ("""
+def sgd_step_with_weight_decay(w, grad, lr, weight_decay):
+    return w - lr * (grad + 2 * weight_decay * w)
+""", "not 2 * wd * w"),
+        "the norm, not its square": ("""
+def l2_penalty(w, lam):
+    return lam / 2 * w.norm()
+""", "you took the norm, not its square"),
         "w changed in place": ("""
 def sgd_step_with_weight_decay(w, grad, lr, weight_decay):
     w -= lr * (grad + weight_decay * w)

@@ -73,6 +73,7 @@ def _qp(lo="min(x_min, 0.0)", hi="max(x_max, 0.0)", sym_div="(2 ** (bits - 1) - 
 
 WRONG = {
     "q1": {
+        "sign of x_min / S flipped": (_qp(zp="round(lo / scale)"), "the sign of x_min / S is flipped"),
         "range not extended to 0": (_qp(lo="x_min", hi="x_max"), "the range must be extended to contain 0"),
         "levels, not steps": (_qp(div="2 ** bits"), "levels but 2^"),
         "Z not rounded": (_qp(zp="-lo / scale"), "Z must be an integer"),
@@ -124,6 +125,16 @@ def global_magnitude_masks(weights, amount):
 """, "the mask is inverted"),
     },
     "q5": {
+        "kl_div's arguments swapped": ("""
+def distillation_loss(student_logits, teacher_logits, target, T, alpha):
+    soft = F.kl_div(F.log_softmax(teacher_logits / T, -1), F.softmax(student_logits / T, -1), reduction="batchmean")
+    return alpha * T * T * soft + (1 - alpha) * F.cross_entropy(student_logits, target)
+""", "kl_div's arguments are swapped"),
+        "student not divided by T": ("""
+def distillation_loss(student_logits, teacher_logits, target, T, alpha):
+    soft = F.kl_div(F.log_softmax(student_logits, -1), F.softmax(teacher_logits / T, -1), reduction="batchmean")
+    return alpha * T * T * soft + (1 - alpha) * F.cross_entropy(student_logits, target)
+""", "divide the student's logits by T too"),
         "no T^2": ("""
 def distillation_loss(student_logits, teacher_logits, target, T, alpha):
     soft = F.kl_div(F.log_softmax(student_logits / T, -1), F.softmax(teacher_logits / T, -1), reduction="batchmean")

@@ -94,6 +94,7 @@ WRONG = {
         "absolute value": (_saliency(out="x.grad.abs()"), "keep the sign"),
     },
     "q2": {
+        "summed, not averaged": (_ig(factor="steps * (x - baseline) * "), "you summed the m gradients"),
         "no (x - baseline)": (_ig(factor=""), "is not multiplied by (x - baseline)"),
         "left Riemann sum": (_ig(first=0), "left Riemann sum"),
     },
@@ -126,6 +127,12 @@ def occlude(x, top, left, size, value):
 """, "rows and columns are swapped"),
     },
     "q4": {
+        "gradient of the logit": ("""
+def fgsm(params, x, y, eps):
+    x = x.detach().clone().requires_grad_(True)
+    make_model(params).eval()(x).gather(1, y[:, None]).sum().backward()
+    return (x + eps * x.grad.sign()).detach()
+""", "use the gradient of the loss of the true label"),
         "wrong sign": (_fgsm(sign="-"), "wrong sign"),
         "no sign": (_fgsm(step="grad"), "take the sign of the gradient"),
         "train mode": (_fgsm(mode=""), "the model was in train mode"),

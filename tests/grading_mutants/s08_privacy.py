@@ -72,6 +72,18 @@ def _masks(sign="-=", reduce=" % modulus"):
 
 WRONG = {
     "q1": {
+        "no square root": ("""
+def gaussian_sigma(sensitivity, epsilon, delta):
+    return sensitivity * 2 * math.log(1.25 / delta) / epsilon
+""", "you forgot the square root"),
+        "times epsilon": ("""
+def gaussian_sigma(sensitivity, epsilon, delta):
+    return sensitivity * math.sqrt(2 * math.log(1.25 / delta)) * epsilon
+""", "divide by epsilon"),
+        "Laplace's standard deviation": ("""
+def laplace_scale(sensitivity, epsilon):
+    return math.sqrt(2) * sensitivity / epsilon
+""", "that is the standard deviation"),
         "no sensitivity": ("""
 def gaussian_sigma(sensitivity, epsilon, delta):
     return math.sqrt(2 * math.log(1.25 / delta)) / epsilon
@@ -86,6 +98,27 @@ def laplace_scale(sensitivity, epsilon):
 """, "that is epsilon / Delta"),
     },
     "q2": {
+        "noise added after dividing": ("""
+def dp_gradient(per_example_grads, max_norm, noise_multiplier, noise, expected_batch_size):
+    return clip_and_sum(per_example_grads, max_norm) / expected_batch_size + noise_multiplier * max_norm * noise
+""", "you added the noise after dividing"),
+        "no noise": ("""
+def dp_gradient(per_example_grads, max_norm, noise_multiplier, noise, expected_batch_size):
+    return clip_and_sum(per_example_grads, max_norm) / expected_batch_size
+""", "you forgot the noise"),
+        "every row to norm C": ("""
+def clip_and_sum(per_example_grads, max_norm):
+    return (per_example_grads * max_norm / per_example_grads.norm(dim=1, keepdim=True)).sum(0)
+""", "you scaled every row to norm exactly C"),
+        "coordinates clipped": ("""
+def clip_and_sum(per_example_grads, max_norm):
+    return per_example_grads.clamp(-max_norm, max_norm).sum(0)
+""", "you clipped each coordinate"),
+        "mean of the clipped rows": ("""
+def clip_and_sum(per_example_grads, max_norm):
+    norms = per_example_grads.norm(dim=1, keepdim=True)
+    return (per_example_grads * (max_norm / norms).clamp(max=1.0)).mean(0)
+""", "you returned the mean of the clipped rows"),
         "the batch's sum clipped": ("""
 def clip_and_sum(per_example_grads, max_norm):
     total = per_example_grads.sum(0)
@@ -102,6 +135,10 @@ def dp_gradient(per_example_grads, max_norm, noise_multiplier, noise, expected_b
 """, "you divided by the drawn batch size"),
     },
     "q3": {
+        "ties count one": ("""
+def loss_threshold_auc(member_losses, non_member_losses):
+    return float((member_losses[:, None] <= non_member_losses[None, :]).double().mean())
+""", "ties count one half, not one"),
         "1 - AUC": ("""
 def loss_threshold_auc(member_losses, non_member_losses):
     m, n = member_losses[:, None], non_member_losses[None, :]
@@ -113,6 +150,10 @@ def loss_threshold_auc(member_losses, non_member_losses):
 """, "ties count one half: with only strict"),
     },
     "q4": {
+        "the mean": ("""
+def masked_sum(updates, masks, modulus):
+    return ((updates + masks) % modulus).sum(0) % modulus / len(updates)
+""", "not the mean"),
         "masks ignored": ("""
 def masked_sum(updates, masks, modulus):
     return updates.sum(0) % modulus
