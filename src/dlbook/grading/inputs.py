@@ -147,8 +147,9 @@ class LearnerObject:
         for position, value in enumerate([*args, *kwargs.values()]):
             mine: list = []
             _leaves(value, mine, set())
-            if any(_differs(v, memo[id(v)]) for v in mine if id(v) in memo):
-                self._dlbook_changes.append(describe_change(self._dlbook_label, names[position]))
+            change = describe_change(self._dlbook_label, names[position])
+            if change not in self._dlbook_changes and any(_differs(v, memo[id(v)]) for v in mine if id(v) in memo):
+                self._dlbook_changes.append(change)
         return guard(result, f"{self._dlbook_label}(...)", self._dlbook_changes)
 
     def __getattr__(self, name: str):

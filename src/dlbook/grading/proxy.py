@@ -196,13 +196,10 @@ def _argument_labels(sent: list, args, kwargs) -> list[str]:
 
 
 def _mirror(local, remote) -> None:
-    """Copy what the learner's function did to an argument into the test's own object."""
+    """Advance the test's generator to where the learner's function left its copy (tensors are never mirrored)."""
     try:
         if isinstance(local, torch.Generator) and isinstance(remote, torch.Generator):
             local.set_state(remote.get_state())
-        elif isinstance(local, torch.Tensor) and isinstance(remote, torch.Tensor) and local.shape == remote.shape:
-            with torch.no_grad():
-                local.copy_(remote.to(local.dtype))
     except (RuntimeError, TypeError):
         pass
 
