@@ -468,3 +468,18 @@ def test_replace_linears_swaps_every_linear_in_a_copy():
     assert (i8(x) - model(x)).abs().max() < 0.05
     with pytest.raises(TypeError, match="make"):
         replace_linears(model, 3)
+
+
+def test_int8linear_is_exact_whichever_int8_kernel_the_cpu_has():
+    """Without VNNI, oneDNN's int8 kernel saturates 16-bit pair sums; Int8Linear must still compute exact sums.
+
+    The integers are the largest int8 values, where a saturating kernel is off by thousands. Run under
+    ONEDNN_MAX_CPU_ISA=AVX2 this takes the floating-point path; natively (VNNI) it takes torch._int_mm."""
+    from dlbook.compression import Int8Linear, int_mm_is_exact
+
+    layer = Int8Linear(1100, 8, bias=False)   # 1100 * 128^2 > 2^24: the float fallback must be float64
+    with torch.no_grad():
+        layer.weight.fill_(127)
+    p = torch.full((32, 1100), 127, dtype=torch.int8)
+    assert torch.equal(layer._int_matmul(p).double(), torch.full((32, 8), 1100.0 * 127 * 127, dtype=torch.float64))
+    assert isinstance(int_mm_is_exact(), bool)

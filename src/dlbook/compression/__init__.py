@@ -41,11 +41,11 @@ from dlbook.compression.size_and_latency import ModelSize, Latency, model_size, 
 from dlbook.compression.pruning import magnitude_prune, apply_masks, prune_neurons
 from dlbook.compression.distillation import distillation_loss
 from dlbook.compression.quantization import qrange, quant_params, quantize, dequantize, fake_quantize
-from dlbook.compression.quantized_linear import QuantLinear, Int8Linear, replace_linears
+from dlbook.compression.quantized_linear import QuantLinear, Int8Linear, replace_linears, int_mm_is_exact
 
 __all__ = [
     "ModelSize", "Latency", "model_size", "latency", "Compared", "compare_latency",
     "magnitude_prune", "apply_masks", "prune_neurons",
     "distillation_loss", "qrange", "quant_params", "quantize", "dequantize", "fake_quantize", "QuantLinear",
-    "Int8Linear", "replace_linears",
+    "Int8Linear", "replace_linears", "int_mm_is_exact",
 ]
