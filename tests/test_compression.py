@@ -477,7 +477,7 @@ def test_int8linear_is_exact_whichever_int8_kernel_the_cpu_has():
     ONEDNN_MAX_CPU_ISA=AVX2 this takes the floating-point path; natively (VNNI) it takes torch._int_mm."""
     from dlbook.compression import Int8Linear, int_mm_is_exact
 
-    layer = Int8Linear(1100, 8, bias=False)   # 1100 * 128^2 > 2^24: the float fallback must be float64
+    layer = Int8Linear(1100, 8, bias=False)   # 1100 * 127^2 > 2^24: one float32 matmul would round the sum
     with torch.no_grad():
         layer.weight.fill_(127)
     p = torch.full((32, 1100), 127, dtype=torch.int8)

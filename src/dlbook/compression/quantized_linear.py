@@ -127,6 +127,19 @@ class QuantLinear(nn.Linear):
         return f"{super().extra_repr()}, bits={self.bits}, per_channel={self.per_channel}, act_bits={self.act_bits}"
 
 
+# float32 holds every integer below 2^24 exactly, and 1023 products of int8 values sum to less than that.
+_EXACT_CHUNK = (2 ** 24) // (128 * 128) - 1
+
+
+def _exact_float_matmul(p: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """(M, K) int8 @ (K, N) int8 -> (M, N) int32, exact, through float32 matmuls over chunks of K."""
+    out = None
+    for start in range(0, p.shape[1], _EXACT_CHUNK):
+        part = (p[:, start:start + _EXACT_CHUNK].float() @ w_t[start:start + _EXACT_CHUNK].float()).to(torch.int32)
+        out = part if out is None else out + part
+    return out
+
+
 _INT_MM_EXACT: bool | None = None
 
 
@@ -166,8 +179,8 @@ class Int8Linear(nn.Module):
     where the sum is an exact integer matmul (``torch._int_mm``, int32 accumulator) and the
     rescale is one float multiply per output. Where ``torch._int_mm`` is not available for the
     shapes or the device, or is not exact on this CPU (no VNNI instructions: see
-    :func:`int_mm_is_exact`), the same integers are multiplied in float32, or in float64 once
-    in_features * 128^2 reaches 2^24, so the sum is exact either way (and no faster than float).
+    :func:`int_mm_is_exact`), the same integers are multiplied in float32, in chunks of 1,023
+    inputs whose sums float32 holds exactly, and added in int32: exact, and no faster than float.
 
     Build it from a trained layer with ``Int8Linear.from_linear(linear)``. The int8 weight
     is a frozen ``nn.Parameter`` (so ``model_size`` counts it), scales and bias are float32.
@@ -202,7 +215,7 @@ class Int8Linear(nn.Module):
         return layer
 
     def _int_matmul(self, p: torch.Tensor) -> torch.Tensor:
-        """(M, K) int8 @ (K, N) int8 -> (M, N) accumulator: exact int32, or float where _int_mm cannot be trusted."""
+        """(M, K) int8 @ (K, N) int8 -> (M, N) int32 accumulator, exact (float32 chunks where _int_mm cannot be trusted)."""
         w_t = self.weight.t()
         m, k = p.shape
         ok = hasattr(torch, "_int_mm") and (
@@ -213,9 +226,7 @@ class Int8Linear(nn.Module):
                 return torch._int_mm(p, w_t)
             except RuntimeError:
                 pass
-        if k * 128 * 128 >= 2 ** 24:  # float32 would round the sum: float64 holds every such sum exactly
-            return (p.double() @ w_t.double()).float()
-        return p.float() @ w_t.float()
+        return _exact_float_matmul(p, w_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
