@@ -60,9 +60,79 @@ def _check_model(model) -> None:
 
 
 def _check_input(x) -> None:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError(f"x must be a floating-point tensor of shape (N, ...) with a batch axis, got "
                         f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}")
+
+
+class _Call:
+    """A Captum-style call ``model(*inputs, *additional_forward_args)`` as a function of one tensor.
+
+    ``inputs`` is a tensor (N, *F) (N scalars when 1-D), or a tuple of tensors
+    (N, *F_j) with one batch axis N; a tuple is flattened into one (N, sum_j prod F_j)
+    tensor ``self.x``, so that every method below works on one tensor, and ``out``
+    splits an attribution of that shape back into the tuple. ``additional_forward_args``
+    (one object, or a tuple or list of them) are passed after the inputs, unperturbed and
+    unattributed; a tensor among them whose first axis is N follows its example when the
+    methods expand the batch (``rows``, the example of each row; Captum repeats such
+    tensors the same way), anything else is passed as is.
+    """
+
+    def __init__(self, model, inputs, additional_forward_args=None, floating: bool = True):
+        _check_model(model)
+        self.model = model
+        self.is_tuple = isinstance(inputs, tuple)
+        xs = inputs if self.is_tuple else (inputs,)
+        if not xs:
+            raise ValueError("inputs must be a tensor or a non-empty tuple of tensors")
+        for t in xs:
+            if floating:
+                _check_input(t)
+            elif not isinstance(t, torch.Tensor) or t.dim() < 1 or t.is_complex():
+                raise TypeError(f"x must be a real tensor of shape (N, ...) with a batch axis, got "
+                                f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+        self.n = xs[0].shape[0]
+        if any(t.shape[0] != self.n for t in xs):
+            raise ValueError(f"every input must have the same batch size N, got {[t.shape[0] for t in xs]}")
+        self.shapes = [tuple(t.shape[1:]) for t in xs]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        if self.is_tuple and len({t.dtype for t in xs}) > 1:
+            raise TypeError(f"the inputs of a tuple must share one dtype, got {[t.dtype for t in xs]}")
+        self.x = torch.cat([t.detach().reshape(self.n, -1) for t in xs], 1) if self.is_tuple else xs[0].detach()
+        args = additional_forward_args
+        self.args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
+
+    def parts(self, x: torch.Tensor) -> tuple:
+        """(M, *F) or the flat (M, D) -> the model's positional inputs."""
+        if not self.is_tuple:
+            return (x,)
+        return tuple(p.reshape(x.shape[0], *s) for p, s in zip(x.split(self.sizes, dim=1), self.shapes))
+
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor | None = None):
+        args = self.args
+        if rows is not None:
+            args = tuple(a[rows] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == self.n else a
+                         for a in args)
+        return self.model(*self.parts(x), *args)
+
+    def flat_like(self, name: str, value, convert):
+        """A per-input value (a tuple for tuple inputs) -> one value for ``self.x`` via ``convert(v, x_j)``."""
+        if not self.is_tuple:
+            return convert(value, self.x)
+        vals = value if isinstance(value, tuple) else (value,) * len(self.shapes)
+        if len(vals) != len(self.shapes):
+            raise ValueError(f"{name} must be one value or a tuple of {len(self.shapes)} (one per input), "
+                             f"got {len(vals)}")
+        out = [convert(v, xj) for v, xj in zip(vals, self.parts(self.x))]
+        return None if any(o is None for o in out) else \
+            torch.cat([o.expand_as(xj).reshape(self.n, -1) for o, xj in zip(out, self.parts(self.x))], 1)
+
+    def out(self, attr: torch.Tensor):
+        """An attribution of the shape of ``self.x`` -> the shape of the inputs (a tuple for a tuple)."""
+        return self.parts(attr) if self.is_tuple else attr
+
+    def labels(self, y, name: str = "y") -> torch.Tensor | None:
+        return _labels(y, self.x, name)
 
 
 def _check_number(name: str, value, low: float = 0.0, strict: bool = False) -> float:
@@ -73,11 +143,30 @@ def _check_number(name: str, value, low: float = 0.0, strict: bool = False) -> f
     return float(value)
 
 
-def _labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
-    """An int or int64 (N,) tensor -> int64 (N,) on x's device (range checked later against the logits)."""
+def _labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor | None:
+    """Targets -> None, int64 (N,) class ids, or int64 (N, k) indices into a multi-axis output.
+
+    Accepted: None (for a model with one output per example), an int, a list of N ints,
+    an integer tensor of shape () or (N,), a tuple of ints (one index into an output of
+    shape (N, d1, ..., dk), the same for every example) or a list of N such tuples (Captum's).
+    """
     n = x.shape[0]
+    if y is None:
+        return None
     if isinstance(y, int) and not isinstance(y, bool):
         return torch.full((n,), y, dtype=torch.long, device=x.device)
+    if isinstance(y, tuple):
+        if not y or not all(isinstance(v, int) and not isinstance(v, bool) for v in y):
+            raise TypeError(f"a tuple {name} is one index into a multi-axis output and must hold ints, got {y!r}")
+        return torch.tensor(y, dtype=torch.long, device=x.device).expand(n, len(y))   # the same for every example
+    if isinstance(y, list):
+        if len(y) != n:
+            raise ValueError(f"{name} must have one entry per example, {n}, got a list of {len(y)}")
+        try:
+            y = torch.tensor(y, dtype=torch.long, device=x.device)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a list of ints or of equal-length int tuples, got {y!r}") from None
+        return y
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"{name} must be an int or an integer tensor of shape (N,) = ({n},), got "
                         f"{getattr(y, 'dtype', type(y).__name__)}")
@@ -88,14 +177,37 @@ def _labels(y, x: torch.Tensor, name: str = "y") -> torch.Tensor:
     return y.to(device=x.device, dtype=torch.long)
 
 
-def _check_logits(logits, y: torch.Tensor, name: str = "y") -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
-        raise ValueError(f"model must return logits of shape (N, C) = ({y.shape[0]}, C), got "
-                         f"{tuple(getattr(logits, 'shape', ()))}")
-    c = logits.shape[1]
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
+def _check_logits(logits, y: torch.Tensor | None, name: str = "y") -> None:
+    n = None if y is None else y.shape[0]
+    if y is None:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 1:
+            raise ValueError(f"with no {name}, the model must return one output per example, shape (N,); got "
+                             f"{tuple(getattr(logits, 'shape', ()))}: pass {name} to pick an output")
+        return
+    need = 2 if y.dim() == 1 else 1 + y.shape[1]
+    if not isinstance(logits, torch.Tensor) or logits.dim() != need or logits.shape[0] != n:
+        raise ValueError(f"model must return logits of shape (N, C) = ({n}, C) (or (N, d1, ..., dk) for a "
+                         f"k-index {name}), got {tuple(getattr(logits, 'shape', ()))}")
+    sizes = torch.tensor(logits.shape[1:], device=y.device)
+    yy = y if y.dim() == 2 else y[:, None]
+    if y.numel() and (bool((yy < 0).any()) or bool((yy >= sizes).any())):
+        c = logits.shape[1]
         raise ValueError(f"{name} must hold class ids in [0, {c}) for a model with {c} outputs, "
-                         f"got {int(y.min())}..{int(y.max())}")
+                         f"got {int(y.min())}..{int(y.max())}" if y.dim() == 1 else
+                         f"{name} indexes outside the model's output of shape {tuple(logits.shape)}")
+
+
+def _select(logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """f_t(x) for each row, shape (N,): the output itself, a class logit, or a multi-index into the outputs."""
+    _check_logits(logits, target, "target")
+    if target is None:
+        return logits
+    if target.dim() == 1:
+        return logits.gather(1, target[:, None])[:, 0]
+    flat = torch.zeros_like(target[:, 0])
+    for j, size in enumerate(logits.shape[1:]):
+        flat = flat * size + target[:, j]
+    return logits.flatten(1).gather(1, flat[:, None])[:, 0]
 
 
 def _bound(name: str, value, x: torch.Tensor):
@@ -114,8 +226,9 @@ def _bound(name: str, value, x: torch.Tensor):
     return torch.tensor(float(value), device=x.device, dtype=x.dtype)
 
 
-def _box(lo, hi, x: torch.Tensor):
-    lo, hi = _bound("lo", lo, x), _bound("hi", hi, x)
+def _box(lo, hi, call: _Call):
+    lo = call.flat_like("lo", lo, lambda v, xj: _bound("lo", v, xj))
+    hi = call.flat_like("hi", hi, lambda v, xj: _bound("hi", v, xj))
     if lo is not None and hi is not None and bool((lo > hi).any()):
         raise ValueError("the valid input range [lo, hi] is empty somewhere: lo must be <= hi")
     return lo, hi
@@ -141,14 +254,36 @@ class _EvalMode:
 
 # ----------------------------------------------------------------------------- adversarial examples
 
-def _loss_grad(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """grad_x of sum_i CE(f(x_i), y_i), shape of x; the model is already in eval mode."""
+#: Gradient coordinates with |g| at or below this many machine epsilons of x's dtype count as zero
+#: in ``fgsm`` and ``pgd`` (about 9.5e-7 in float32, close to Captum's fixed 1e-6).
+ZERO_GRAD_EPS = 8
+
+
+def _loss_grad(call: _Call, x: torch.Tensor, y, loss_fn=None) -> torch.Tensor:
+    """grad_x of sum_i L(f(x_i), y_i), shape of x (L: CE, or ``loss_fn``); the model is already in eval mode."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        logits = model(x)
-        _check_logits(logits, y)
-        loss = F.cross_entropy(logits, y, reduction="sum")
+        logits = call(x)
+        if loss_fn is None:
+            if y is None:
+                raise TypeError("y must give the true labels for the cross-entropy (or pass loss_fn)")
+            _check_logits(logits, y)
+            loss = F.cross_entropy(logits, y, reduction="sum")
+        else:
+            loss = loss_fn(logits, y)
+            if not isinstance(loss, torch.Tensor) or loss.dim() > 1:
+                raise ValueError(f"loss_fn must return a scalar or one loss per example (N,), got "
+                                 f"{tuple(getattr(loss, 'shape', ()))}")
+            loss = loss.sum()
         return torch.autograd.grad(loss, x)[0]
+
+
+def _signed(grad: torch.Tensor, threshold) -> torch.Tensor:
+    """sign(grad), with 0 where |grad| <= threshold (default ``ZERO_GRAD_EPS`` machine epsilons)."""
+    if threshold is None:
+        threshold = ZERO_GRAD_EPS * torch.finfo(grad.dtype).eps
+    threshold = _check_number("zero_threshold", threshold)
+    return torch.where(grad.abs() > threshold, grad.sign(), torch.zeros_like(grad))
 
 
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, lo, hi) -> torch.Tensor:
@@ -161,7 +296,8 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, lo, hi) -> torch.
     return x_adv
 
 
-def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None) -> torch.Tensor:
+def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None, loss_fn=None,
+         additional_forward_args=None, zero_threshold: float | None = None) -> torch.Tensor:
     """The fast gradient sign method: one signed gradient step of size eps that raises the loss.
 
     .. math::
@@ -170,7 +306,12 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None) -> torch.Te
 
     with L the cross-entropy of the true label y. Of all perturbations with
     ||delta||_inf <= eps, the signed gradient maximizes the *linearized* loss
-    L(x) + delta . grad L(x). Coordinates with a zero gradient stay where they are.
+    L(x) + delta . grad L(x). Coordinates with a zero gradient stay where they are: a
+    coordinate whose exact gradient is zero is left a float rounding residue (1.8e-7
+    in float32 on Captum's ``test_attack_loss_defined``), so |g| <= ``zero_threshold``
+    counts as zero. The default, ``ZERO_GRAD_EPS`` = 8 machine epsilons of x's dtype
+    (9.5e-7 in float32, 1.8e-15 in float64), is a few times that residue and close to
+    Captum's fixed 1e-6; unlike a fixed number it does not swallow real float64 gradients.
 
     The model is put in ``eval()`` for the attack (dropout off, batch-norm running
     statistics) and its mode restored afterwards; parameter gradients are untouched.
@@ -182,6 +323,15 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None) -> torch.Te
         eps: the L-infinity radius, >= 0.
         lo, hi: the valid input range (numbers, or tensors broadcastable to x, e.g. the
             per-pixel range of standardized images); ``None`` leaves that side open.
+        loss_fn: ``loss_fn(outputs, y)`` -> a scalar or (N,) losses to raise instead of the
+            cross-entropy (y is then passed through as given); e.g. minus the CE of a
+            target class for a targeted attack, or Captum's default, the target's output.
+        additional_forward_args: Captum's: passed to the model after x, not perturbed.
+        zero_threshold: gradients with |g| at or below it count as zero (see above).
+
+    x may also be a tuple of tensors with one batch axis (the model takes them as
+    positional arguments, as in Captum); each is perturbed and a tuple is returned.
+    Tensor bounds lo/hi then go per input, as a tuple.
 
     Returns:
         The adversarial inputs, detached, of the shape, dtype and device of x.
@@ -190,18 +340,19 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None) -> torch.Te
         ValueError: eps < 0, labels of the wrong shape or out of [0, C), lo > hi.
         TypeError: x not a floating-point tensor with a batch axis, y not integer.
     """
-    _check_model(model)
-    _check_input(x)
+    call = _Call(model, x, additional_forward_args)
     eps = _check_number("eps", eps)
-    y = _labels(y, x)
-    lo, hi = _box(lo, hi, x)
+    y = call.labels(y) if loss_fn is None else y
+    lo, hi = _box(lo, hi, call)
+    x0 = call.x
     with _EvalMode(model):
-        grad = _loss_grad(model, x, y)
-    return _project(x.detach() + eps * grad.sign(), x.detach(), eps, lo, hi)
+        grad = _loss_grad(call, x0, y, loss_fn)
+    return call.out(_project(x0 + eps * _signed(grad, zero_threshold), x0, eps, lo, hi))
 
 
 def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps: int = 10,
-        generator: torch.Generator | None = None, *, random_start: bool = True, lo=None, hi=None) -> torch.Tensor:
+        generator: torch.Generator | None = None, *, random_start: bool = True, lo=None, hi=None,
+        loss_fn=None, additional_forward_args=None, zero_threshold: float | None = None) -> torch.Tensor:
     """Projected gradient descent on the loss (an L-infinity attack, Madry et al. 2018).
 
     .. math::
@@ -228,6 +379,8 @@ def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps
             ``None`` uses torch's global generator.
         random_start: start from a uniform point in the ball (True) or at x.
         lo, hi: the valid input range, as in ``fgsm``.
+        loss_fn, additional_forward_args, zero_threshold: as in ``fgsm`` (tuple x too).
+            Only the L-infinity ball is offered (Captum's PGD also has an L2 one).
 
     Returns:
         The adversarial inputs, detached, of the shape, dtype and device of x, with
@@ -237,51 +390,61 @@ def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps
         ValueError: eps < 0, alpha <= 0, steps < 1, bad labels, lo > hi.
         TypeError: x not a floating-point tensor, y not integer, generator of the wrong type.
     """
-    _check_model(model)
-    _check_input(x)
+    call = _Call(model, x, additional_forward_args)
     eps = _check_number("eps", eps)
     steps = _check_int("steps", steps)
     alpha = 2.5 * eps / steps if alpha is None else _check_number("alpha", alpha, strict=True)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    y = _labels(y, x)
-    lo, hi = _box(lo, hi, x)
-    x0 = x.detach()
+    y = call.labels(y) if loss_fn is None else y
+    lo, hi = _box(lo, hi, call)
+    x0 = call.x
     x_adv = x0
     if random_start and eps > 0:
-        gen_device = generator.device if generator is not None else x.device
-        u = torch.rand(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+        gen_device = generator.device if generator is not None else x0.device
+        u = torch.rand(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
         x_adv = _project(x0 + (2 * u - 1) * eps, x0, eps, lo, hi)
     with _EvalMode(model):
         for _ in range(steps):
-            grad = _loss_grad(model, x_adv, y)
-            x_adv = _project(x_adv + alpha * grad.sign(), x0, eps, lo, hi)
-    return x_adv
+            grad = _loss_grad(call, x_adv, y, loss_fn)
+            x_adv = _project(x_adv + alpha * _signed(grad, zero_threshold), x0, eps, lo, hi)
+    return call.out(x_adv)
 
 
 # ----------------------------------------------------------------------------- gradient attributions
 
-def _target_logits(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """f_t(x) for each row, shape (N,); checks the logits' shape and the target range."""
-    logits = model(x)
-    _check_logits(logits, target, "target")
-    return logits.gather(1, target[:, None])[:, 0]
+def _target_logits(call: _Call, x: torch.Tensor, target, rows=None) -> torch.Tensor:
+    """f_t(x) for each row, shape (N,); checks the logits' shape and the target range.
+
+    ``rows``: the example each row of x belongs to (for additional forward args), None if x is the batch.
+    """
+    return _select(call(x, rows), target)
 
 
-def _target_grad(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _target_grad(call: _Call, x: torch.Tensor, target, rows=None) -> torch.Tensor:
     """grad_x f_t(x) row by row (the rows are independent, so the gradient of the sum), shape of x."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        return torch.autograd.grad(_target_logits(model, x, target).sum(), x)[0]
+        return torch.autograd.grad(_target_logits(call, x, target, rows).sum(), x)[0]
 
 
-def _prepare(model, x, target):
-    _check_model(model)
-    _check_input(x)
-    return _labels(target, x, "target")
+def _prepare(model, x, target, additional_forward_args=None, floating: bool = True):
+    """(call, flat x, targets) for a Captum-style call; see ``_Call``."""
+    call = _Call(model, x, additional_forward_args, floating)
+    return call, call.x, call.labels(target, "target")
 
 
-def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch.Tensor:
+def _expand(target, k: int):
+    """Targets of N examples -> of N * k rows (each example's k copies together), None stays None."""
+    return None if target is None else target.repeat_interleave(k, dim=0)
+
+
+def _rows(n: int, k: int, device) -> torch.Tensor:
+    return torch.arange(n, device=device).repeat_interleave(k)
+
+
+def saliency(model, x: torch.Tensor, target, *, absolute: bool = False,
+             additional_forward_args=None) -> torch.Tensor:
     """Vanilla gradient saliency: the gradient of the target logit with respect to the input.
 
     .. math::  S(x) = \\nabla_x f_t(x)
@@ -294,6 +457,14 @@ def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch
         x: inputs ``(N, *F)``, floating point.
         target: the explained class, an int or int64 of shape (N,).
         absolute: return ``|grad|`` (Simonyan et al.'s map, and Captum ``Saliency``'s default).
+        additional_forward_args: passed to the model after x, not attributed (Captum's).
+
+    Captum-style calls work in every attribution here: x may be a tuple of tensors with
+    one batch axis (the model's positional inputs; the attribution is then a tuple of
+    their shapes), a 1-D x is N scalars, and ``target`` may also be None (for a model
+    with one output per example, shape (N,)), a list of N class ids, or a tuple of ints
+    indexing an output of shape (N, d1, ..., dk) (a list of N tuples: one per example).
+    Integer inputs have no gradient and raise TypeError (``occlusion`` accepts them).
 
     Returns:
         Attributions of shape ``(N, *F)``.
@@ -301,26 +472,27 @@ def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch
     Raises:
         ValueError: a target out of [0, C) or of the wrong shape. TypeError: a non-float x.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     with _EvalMode(model):
-        grad = _target_grad(model, x, target)
-    return grad.abs() if absolute else grad
+        grad = _target_grad(call, x0, target)
+    return call.out(grad.abs() if absolute else grad)
 
 
-def input_x_gradient(model, x: torch.Tensor, target) -> torch.Tensor:
+def input_x_gradient(model, x: torch.Tensor, target, *, additional_forward_args=None) -> torch.Tensor:
     """Gradient times input: x * grad_x f_t(x), shape ``(N, *F)``.
 
     For a linear logit f_t(x) = w . x + b this is w_i x_i, each feature's exact share
     of f_t(x) - f_t(0); for a nonlinear model it is the first-order version of that.
     Arguments and errors as in ``saliency``.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     with _EvalMode(model):
-        return x.detach() * _target_grad(model, x, target)
+        return call.out(x0 * _target_grad(call, x0, target))
 
 
 def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float = 0.15,
-               generator: torch.Generator | None = None, *, base=None) -> torch.Tensor:
+               generator: torch.Generator | None = None, *, base=None,
+               additional_forward_args=None) -> torch.Tensor:
     """SmoothGrad: an attribution averaged over noisy copies of the input (Smilkov et al. 2017).
 
     .. math::  \\hat S(x) = \\frac1n \\sum_{k=1}^{n} S(x + \\epsilon_k), \\qquad \\epsilon_k \\sim N(0, \\sigma^2 I)
@@ -342,7 +514,7 @@ def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float
     Returns:
         Attributions of shape ``(N, *F)``.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     n_samples = _check_int("n_samples", n_samples)
     sigma = _check_number("sigma", sigma)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -350,12 +522,16 @@ def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float
     base = saliency if base is None else base
     if not callable(base):
         raise TypeError(f"base must be an attribution function (model, x, target) -> (N, *F), got {base!r}")
-    n, feat = x.shape[0], tuple(x.shape[1:])
-    device = generator.device if generator is not None else x.device
-    noise = torch.randn((n, n_samples, *feat), generator=generator, device=device, dtype=x.dtype).to(x.device)
-    noisy = (x.detach()[:, None] + sigma * noise).reshape(n * n_samples, *feat)
-    attr = base(model, noisy, target.repeat_interleave(n_samples))
-    return attr.reshape(n, n_samples, *feat).mean(dim=1)
+    n, feat = x0.shape[0], tuple(x0.shape[1:])
+    device = generator.device if generator is not None else x0.device
+    noise = torch.randn((n, n_samples, *feat), generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+    noisy = (x0[:, None] + sigma * noise).reshape(n * n_samples, *feat)
+    rows = _rows(n, n_samples, x0.device)
+    tgt = _expand(target, n_samples)
+    with _EvalMode(model):                # base sees a plain function of the (flat) noisy batch
+        attr = base(lambda z: call(z, rows), noisy, None if tgt is None else tgt if tgt.dim() == 1
+                    else [tuple(t) for t in tgt.tolist()])
+    return call.out(attr.reshape(n, n_samples, *feat).mean(dim=1))
 
 
 #: The integration rules :func:`integrated_gradients` and :func:`ig_weights` accept (Captum's names).
@@ -413,7 +589,7 @@ def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
 
 def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: int = 50,
                          method: str = "riemann_trapezoid", *, return_error: bool = False,
-                         batch_size: int | None = None):
+                         batch_size: int | None = None, additional_forward_args=None):
     """Integrated gradients (Sundararajan et al. 2017) from a baseline x' to x.
 
     .. math::
@@ -434,6 +610,8 @@ def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: i
         return_error: also return the completeness error, shape (N,).
         batch_size: how many of the N * steps path points go through the model at once
             (default: all).
+        additional_forward_args: as in ``saliency``; for tuple inputs the baseline is a
+            tuple too (or one number for all).
 
     Returns:
         Attributions ``(N, *F)``, or (attributions, error) with ``return_error``.
@@ -442,27 +620,26 @@ def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: i
         ValueError: steps < 1, an unknown method, a target out of range, a baseline
             whose shape does not match x.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     alphas, weights = ig_weights(steps, method)
-    x0 = x.detach()
-    base = _baseline(baseline, x0)
+    base = call.flat_like("baseline", baseline, _baseline)
     if batch_size is not None:
         batch_size = _check_int("batch_size", batch_size)
-    n, feat, steps = x.shape[0], tuple(x.shape[1:]), len(alphas)
-    a = alphas.to(device=x.device, dtype=x.dtype).view(1, steps, *[1] * len(feat))
-    w = weights.to(device=x.device, dtype=x.dtype).view(1, steps, *[1] * len(feat))
+    n, feat, steps = x0.shape[0], tuple(x0.shape[1:]), len(alphas)
+    a = alphas.to(device=x0.device, dtype=x0.dtype).view(1, steps, *[1] * len(feat))
+    w = weights.to(device=x0.device, dtype=x0.dtype).view(1, steps, *[1] * len(feat))
     path = (base[:, None] + a * (x0 - base)[:, None]).reshape(n * steps, *feat)       # (N * steps, *F)
-    tgt = target.repeat_interleave(steps)
+    tgt, rows = _expand(target, steps), _rows(n, steps, x0.device)
     chunk = batch_size or n * steps
     with _EvalMode(model):
-        grads = torch.cat([_target_grad(model, path[i:i + chunk], tgt[i:i + chunk])
-                           for i in range(0, n * steps, chunk)])
+        grads = torch.cat([_target_grad(call, path[i:i + chunk], None if tgt is None else tgt[i:i + chunk],
+                                        rows[i:i + chunk]) for i in range(0, n * steps, chunk)])
         attr = (x0 - base) * (w * grads.reshape(n, steps, *feat)).sum(dim=1)
         if not return_error:
-            return attr
+            return call.out(attr)
         with torch.no_grad():
-            gap = _target_logits(model, x0, target) - _target_logits(model, base, target)
-    return attr, attr.flatten(1).sum(1) - gap
+            gap = _target_logits(call, x0, target) - _target_logits(call, base, target)
+    return call.out(attr), attr.reshape(n, -1).sum(1) - gap
 
 
 # ----------------------------------------------------------------------------- perturbation attributions
@@ -503,7 +680,7 @@ def occlusion_masks(feature_shape, window, stride=1) -> torch.Tensor:
 
 
 def occlusion(model, x: torch.Tensor, target, window, stride=1, baseline=0.0, *,
-              batch_size: int | None = None) -> torch.Tensor:
+              batch_size: int | None = None, additional_forward_args=None) -> torch.Tensor:
     """Occlusion (Zeiler and Fergus 2014): how much the target logit drops when a patch is hidden.
 
     For each patch P_k (a 0/1 mask from ``occlusion_masks``), replace the patch by the
@@ -522,29 +699,36 @@ def occlusion(model, x: torch.Tensor, target, window, stride=1, baseline=0.0, *,
         stride: the step between patches, same conventions; at most the window.
         baseline: what a hidden patch shows: a number or a tensor of shape ``(*F)`` or ``(N, *F)``.
         batch_size: how many occluded copies go through the model at once (default all).
+        additional_forward_args: as in ``saliency``.
+
+    x may be an integer tensor (token ids, say: no gradient is needed here; the
+    occluded copies keep x's dtype and the baseline is cast to it). A tuple of inputs
+    is refused: the windows slide over one tensor's axes.
 
     Returns:
-        Attributions of shape ``(N, *F)``.
+        Attributions of shape ``(N, *F)`` (floating point).
 
     Raises:
         ValueError: a window larger than the input or a stride larger than the window,
             a target out of range, a baseline whose shape does not match x.
     """
-    target = _prepare(model, x, target)
-    x0 = x.detach()
-    n, feat = x.shape[0], tuple(x.shape[1:])
-    masks = occlusion_masks(feat, window, stride).to(device=x.device, dtype=x.dtype)      # (K, *F)
+    if isinstance(x, tuple):
+        raise TypeError("occlusion takes one input tensor (N, *F): its windows slide over that tensor's axes; "
+                        "occlude each input of a tuple separately")
+    call, x0, target = _prepare(model, x, target, additional_forward_args, floating=False)
+    n, feat = x0.shape[0], tuple(x0.shape[1:])
+    masks = occlusion_masks(feat, window, stride).to(device=x0.device, dtype=torch.bool)  # (K, *F)
     base = _baseline(baseline, x0)
     k = masks.shape[0]
     chunk = _check_int("batch_size", batch_size) if batch_size is not None else n * k
-    hidden = (x0[:, None] * (1 - masks) + base[:, None] * masks).reshape(n * k, *feat)     # (N * K, *F)
-    tgt = target.repeat_interleave(k)
+    hidden = torch.where(masks, base[:, None], x0[:, None]).reshape(n * k, *feat)         # (N * K, *F), x's dtype
+    tgt, rows = _expand(target, k), _rows(n, k, x0.device)
     with _EvalMode(model), torch.no_grad():
-        full = _target_logits(model, x0, target)                                            # (N,)
-        occluded = torch.cat([_target_logits(model, hidden[i:i + chunk], tgt[i:i + chunk])
-                              for i in range(0, n * k, chunk)]).view(n, k)
+        full = _target_logits(call, x0, target)                                             # (N,)
+        occluded = torch.cat([_target_logits(call, hidden[i:i + chunk], None if tgt is None else tgt[i:i + chunk],
+                                             rows[i:i + chunk]) for i in range(0, n * k, chunk)]).view(n, k)
     drop = full[:, None] - occluded                                                         # (N, K)
-    flat = masks.flatten(1)                                                                  # (K, prod F)
+    flat = masks.flatten(1).to(drop.dtype)                                                  # (K, prod F)
     return ((drop @ flat) / flat.sum(0)).view(n, *feat)
 
 
@@ -632,7 +816,11 @@ def deletion_curve(model, x: torch.Tensor, target, attribution: torch.Tensor, ba
         Probabilities of shape (N, K + 1); column 0 is the intact input for deletion
         (the baseline for insertion) and column K the other end.
     """
-    target = _prepare(model, x, target)
+    if isinstance(x, tuple):
+        raise TypeError("deletion_curve takes one input tensor (N, *F) and (N, C) logits")
+    _, x, target = _prepare(model, x, target)
+    if target is None or target.dim() != 1:
+        raise ValueError("deletion_curve needs one class id per example: the curve is a softmax probability")
     if not isinstance(attribution, torch.Tensor) or attribution.shape != x.shape:
         raise ValueError(f"attribution must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(getattr(attribution, 'shape', ()))}")
