@@ -213,10 +213,21 @@ def latency(model: Callable, x: torch.Tensor, threads: int = 1, min_run_time: fl
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _check_amount(amount) -> float:
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount < 1.0:
-        raise ValueError(f"amount must be a fraction in [0, 1), got {amount!r}")
-    return float(amount)
+def _check_amount(amount) -> float | int:
+    """A fraction in [0, 1) (a float), or a count >= 0 (an int, as in ``torch.nn.utils.prune``)."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+            or (isinstance(amount, float) and not 0.0 <= amount < 1.0) or (isinstance(amount, int) and amount < 0):
+        raise ValueError(f"amount must be a fraction in [0, 1) (a float) or a count >= 0 (an int), got {amount!r}")
+    return amount
+
+
+def _count(amount: float | int, n: int, what: str) -> int:
+    """How many of n to remove: an int amount is the count itself, a float the fraction round(amount n)."""
+    if isinstance(amount, int):
+        if amount > n:
+            raise ValueError(f"amount={amount} is more than the {n} {what} there are")
+        return amount
+    return round(amount * n)
 
 
 def _prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -253,7 +264,10 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "global") -> d
 
     Args:
         model: any module with Linear or Conv layers. It is not changed: see ``apply_masks``.
-        amount: fraction in [0, 1) of weights to remove.
+        amount: fraction in [0, 1) of weights to remove, or an int: that many weights (in
+            the scope: in all for ``"global"``, in each layer for ``"layer"``), as ``torch.nn.utils.prune``
+            reads an int amount. (A fraction of 1.0, which torch accepts, is refused: a network with
+            no weights left is no model.)
         scope: ``"global"`` or ``"layer"``.
 
     Returns:
@@ -264,9 +278,10 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "global") -> d
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     weights = _prunable_weights(model)
     if scope == "layer":
-        return {name: _smallest_mask(w.abs(), round(amount * w.numel())) for name, w in weights.items()}
+        return {name: _smallest_mask(w.abs(), _count(amount, w.numel(), f"weights of {name}"))
+                for name, w in weights.items()}
     scores = torch.cat([w.abs().reshape(-1) for w in weights.values()])
-    flat = _smallest_mask(scores, round(amount * scores.numel()))
+    flat = _smallest_mask(scores, _count(amount, scores.numel(), "prunable weights"))
     masks, start = {}, 0
     for name, w in weights.items():
         masks[name] = flat[start:start + w.numel()].reshape(w.shape)
@@ -318,7 +333,8 @@ def prune_neurons(model: nn.Module, amount: float, norm: float = 2.0) -> nn.Modu
             (each one's ``out_features`` is the next one's ``in_features``) with only
             elementwise layers (ReLU, GELU, Tanh, Dropout, ...) between them, e.g.
             ``dlbook.mlp.MLP`` or an ``nn.Sequential``.
-        amount: fraction in [0, 1) of each hidden layer's neurons to remove (``round``).
+        amount: fraction in [0, 1) of each hidden layer's neurons to remove (``round``), or an
+            int: that many neurons from each hidden layer (at least one must stay).
         norm: p of the L_p norm used to rank neurons (> 0).
 
     Returns:
@@ -345,7 +361,9 @@ def prune_neurons(model: nn.Module, amount: float, norm: float = 2.0) -> nn.Modu
         if a.out_features != b.in_features:
             raise ValueError(f"Linear layers do not form a chain: {a.out_features} outputs feed {b.in_features} inputs")
     for layer, nxt in zip(linears[:-1], linears[1:]):
-        k = round(amount * layer.out_features)
+        k = _count(amount, layer.out_features, "neurons in a hidden layer")
+        if k >= layer.out_features:
+            raise ValueError(f"amount={amount} would remove all {layer.out_features} neurons of a hidden layer")
         if k == 0:
             continue
         keep = torch.topk(layer.weight.norm(p=norm, dim=1), layer.out_features - k).indices.sort().values
@@ -529,7 +547,14 @@ def _broadcast_params(x: torch.Tensor, scale, zero_point, axis: int | None):
 def quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: int | None = None) -> torch.Tensor:
     """Real numbers to integers: q = clamp(round(x / S) + Z, q_min, q_max).
 
-    ``round`` rounds halves to even, as ``torch.quantize_per_tensor`` does.
+    ``round`` rounds halves to even, as ``torch.quantize_per_tensor`` does. Like torch, x / S
+    is computed as x * (1 / S) (one reciprocal, then a multiply; in float32 for float16 and
+    bfloat16 inputs), and for float32 the sum x * (1 / S) + Z is rounded to float32 once, as
+    the fused multiply-add of torch's kernels does (on every CPU kernel path), before it is
+    rounded to an integer. These differ from round(x / S) + Z in the last bit for some x,
+    which moves a value lying on a rounding tie by one code; matching torch code for code
+    is the point here. (``fake_quantize`` follows torch's fake-quantize kernel instead,
+    round(x * (1 / S)) + Z.)
 
     Args:
         x: a float tensor of any shape.
@@ -548,8 +573,20 @@ def quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: int
                         (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
     qmin, qmax = _check_qminmax(qmin, qmax)
     s, z = _broadcast_params(x, scale, zero_point, axis)
-    q = torch.clamp(torch.round(x / s.to(x.dtype)) + z.to(x.dtype), qmin, qmax)
+    dt = _compute_dtype(x)
+    inv = torch.reciprocal(s.to(dt))
+    if dt == torch.float32:   # the exact product plus Z (float64 holds it), rounded once: an FMA
+        t = (x.to(torch.float64) * inv.to(torch.float64) + z.to(torch.float64)).to(dt)
+    else:
+        t = x * inv + z.to(dt)
+    q = torch.clamp(torch.round(t), qmin, qmax)
     return q.to(_storage_dtype(qmin, qmax))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # half-precision values are quantized in float32, as torch's kernels do: float16's 11-bit
+    # mantissa cannot even hold every code of an 8-bit grid times its scale exactly
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> torch.Tensor:
@@ -575,7 +612,8 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis
     with. Backward (the straight-through estimator, STE): round() has zero gradient almost
     everywhere, so it is treated as the identity: the gradient is 1 where
     q_min <= round(x / S) + Z <= q_max and 0 where the value was clamped (as
-    ``torch.fake_quantize_per_tensor_affine``). S and Z get no gradient.
+    ``torch.fake_quantize_per_tensor_affine``). S and Z get no gradient. As in ``quantize``,
+    x / S is x * (1 / S), and float16/bfloat16 inputs are computed in float32 and cast back (as torch).
 
     Args:
         x, scale, zero_point, qmin, qmax, axis: as for ``quantize``.
@@ -587,10 +625,11 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis
         raise TypeError(f"x must be a float tensor, got {type(x).__name__}")
     qmin, qmax = _check_qminmax(qmin, qmax)
     s, z = _broadcast_params(x, scale, zero_point, axis)
-    s, z = s.to(x.dtype).detach(), z.to(x.dtype)
-    q = torch.round(x.detach() / s) + z
+    dt = _compute_dtype(x)
+    s, z = s.to(dt).detach(), z.to(dt)
+    q = torch.round(x.detach().to(dt) * torch.reciprocal(s)) + z
     inside = (q >= qmin) & (q <= qmax)
-    x_hat = (q.clamp(qmin, qmax) - z) * s
+    x_hat = ((q.clamp(qmin, qmax) - z) * s).to(x.dtype)
     return x_hat + (x - x.detach()) * inside
 
 

@@ -98,7 +98,8 @@ def _params(params) -> list[torch.Tensor]:
 
 # ----------------------------------------------------------------------------- dropout
 
-def dropout(x: torch.Tensor, p: float, training: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float, training: bool = True, generator: torch.Generator | None = None, *,
+            inplace: bool = False) -> torch.Tensor:
     """Inverted dropout: zero each entry with probability p, scale the survivors by 1 / (1 - p).
 
     In training, y = m * x / (1 - p) with m ~ Bernoulli(1 - p) drawn independently
@@ -108,21 +109,27 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, generator: torch.G
 
     Args:
         x: any shape, floating point.
-        p: drop probability in [0, 1).
+        p: drop probability in [0, 1]. p = 1 drops everything and returns x * 0 (as torch: there
+            is nothing to rescale, and no random numbers are drawn).
         training: apply dropout (True) or return x unchanged (False).
         generator: optional ``torch.Generator`` for the mask (on x's device, or on
             the CPU: the mask is then moved to x's device).
+        inplace: write the result into x (as ``F.dropout(..., inplace=True)``) and return x.
 
     Returns:
         A tensor of x's shape.
     """
     _tensor("x", x)
-    p = _probability("p", p)
+    p = _probability("p", p, closed_right=True)
     if not training or p == 0.0:
         return x
+    if p == 1.0:
+        return x.mul_(0.0) if inplace else x * 0.0
     where = generator.device if generator is not None else x.device
     u = torch.rand(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
     keep = u >= p                                     # P(keep) = 1 - p
+    if inplace:
+        return x.mul_(keep).div_(1.0 - p)
     return x * keep / (1.0 - p)
 
 
@@ -130,21 +137,23 @@ class Dropout(nn.Module):
     """Inverted dropout as a layer: :func:`dropout` in ``train()`` mode, the identity in ``eval()``.
 
     Args:
-        p: drop probability in [0, 1) (``torch.nn.Dropout``'s convention; the dropout
+        p: drop probability in [0, 1] (``torch.nn.Dropout``'s convention; the dropout
             paper's p is the keep probability 1 - p).
+        inplace: overwrite the input (as ``torch.nn.Dropout(inplace=True)``).
 
     Shape: input of any shape -> output of the same shape.
     """
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
-        self.p = _probability("p", p)
+        self.p = _probability("p", p, closed_right=True)
+        self.inplace = bool(inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
+        return dropout(x, self.p, self.training, inplace=self.inplace)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}" if self.inplace else f"p={self.p}"
 
 
 # ----------------------------------------------------------------------------- norm penalties
@@ -280,15 +289,30 @@ def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: floa
     probability targets (mixup's soft labels) alike; ``eps=0`` is plain cross-entropy.
 
     Args:
-        logits: (N, K). target: class ids (N,) or probability rows (N, K). eps: in [0, 1).
+        logits: (N, K), or (N, K, d1, ..., dm) for K-way predictions at every position (as
+            ``F.cross_entropy``: the class axis is axis 1). target: class ids (N,) (or
+            (N, d1, ..., dm)) or probability rows of the logits' shape. eps: in [0, 1).
 
     Returns:
-        A 0-d tensor.
+        A 0-d tensor: the mean over the N (N d1 ... dm) predictions.
     """
     _tensor("logits", logits)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (N, K), got {tuple(logits.shape)}")
+    if logits.dim() < 2:
+        raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got {tuple(logits.shape)}")
     _tensor("target", target, floating=False)
+    if logits.dim() > 2:                      # positions become rows: (N d1 ... dm, K)
+        k = logits.shape[1]
+        if target.is_floating_point():
+            if target.shape != logits.shape:
+                raise ValueError(f"probability targets must have the logits' shape {tuple(logits.shape)}, "
+                                 f"got {tuple(target.shape)}")
+            target = target.movedim(1, -1).reshape(-1, k)
+        elif target.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ValueError(f"class ids must have shape (N, d1, ...) = {(logits.shape[0], *logits.shape[2:])} "
+                             f"for logits of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+        else:
+            target = target.reshape(-1)
+        logits = logits.movedim(1, -1).reshape(-1, k)
     if not target.is_floating_point():
         _class_ids("target", target, logits.shape[0], logits.shape[1])
     elif target.shape != logits.shape:
