@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib
-import importlib.util
 import io
 import json
 import os
@@ -35,68 +33,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from dlbook.grading.core import TestSpec, collect_tests, fmt_points
-from dlbook.grading.sets import load_set, question_ids
-from dlbook.grading.worker import kill_group
+from dlbook.grading.core import fmt_points
+from dlbook.grading.loader import load_extra_tests, load_tests
+from dlbook.grading.process_group import kill_group
+from dlbook.grading.sets import question_ids
 
 __all__ = ["load_tests", "load_extra_tests", "validate_notebook", "grade_submissions", "grade_class", "grades_csv",
            "StudentGrade"]
 
 STARTUP_LIMIT_S = 300  # the grading process must import torch and the tests within this
-
-
-# ----------------------------------------------------------------------------------------------
-# Tests: the set's own and the instructor's hidden ones
-
-
-def _module_from_file(path: Path, index: int):
-    name = f"dlbook_hidden_tests_{index}_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import hidden tests from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_extra_tests(sources: list[str]) -> list:
-    """Import hidden-test modules: each source is a ``.py`` file, a folder of them, or a module name."""
-    modules = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.glob("*.py") if p.name != "__init__.py")
-            if not files:
-                raise ValueError(f"--extra-tests {source}: the folder holds no .py files")
-        elif path.suffix == ".py":
-            if not path.is_file():
-                raise ValueError(f"--extra-tests {source}: no such file")
-            files = [path]
-        else:
-            try:
-                modules.append(importlib.import_module(source))
-            except ImportError as err:
-                raise ValueError(f"--extra-tests {source!r} is neither a .py file, a folder nor an importable "
-                                 f"module ({err})") from None
-            continue
-        modules += [_module_from_file(p.resolve(), len(modules) + i) for i, p in enumerate(files)]
-    for module in modules:
-        if not collect_tests(module):
-            raise ValueError(f"--extra-tests: {getattr(module, '__file__', module.__name__)} defines no "
-                             f"@question tests")
-    return modules
-
-
-def load_tests(set_id: str, extra: list[str] = ()) -> tuple[list[tuple[TestSpec, Callable]], frozenset]:
-    """The set's tests followed by the hidden ones, and the names of the hidden ones."""
-    public = collect_tests(load_set(set_id))
-    hidden = collect_tests(*load_extra_tests(list(extra))) if extra else []
-    names = [spec.name for spec, _ in public + hidden]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise ValueError(f"test names must be unique across the set and --extra-tests: {', '.join(clashes)}")
-    return public + hidden, frozenset(spec.name for spec, _ in hidden)
 
 
 # ----------------------------------------------------------------------------------------------

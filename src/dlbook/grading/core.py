@@ -28,23 +28,12 @@ import numpy as np
 import torch
 
 from dlbook.grading import _references as ref
+from dlbook.grading.errors import NotAttempted, SubmissionGone, TestTimeout
 
 __all__ = ["question", "assert_close", "NotAttempted", "Namespace", "TestSpec", "TestResult", "QuestionResult",
            "collect_tests", "run_test", "run_question", "format_question", "format_summary"]
 
 _QUESTION_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-
-
-class NotAttempted(Exception):
-    """The learner has not written this part yet (a name is missing, ``...`` or raises NotImplementedError)."""
-
-
-class SubmissionGone(BaseException):
-    """The submission's process stopped or broke the protocol mid-test: the grader stops grading it."""
-
-
-class TestTimeout(BaseException):
-    """Raised inside a test that ran past its timeout (a BaseException, so ``except Exception`` cannot swallow it)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 import torch
 
 from dlbook.grading import wire
-from dlbook.grading.core import NotAttempted, SubmissionGone, TestTimeout
+from dlbook.grading.errors import NotAttempted, SubmissionGone, TestTimeout
 
 __all__ = ["Channel", "RemoteNamespace", "RemoteObject", "RemoteError", "GRACE_S"]
 

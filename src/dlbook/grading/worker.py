@@ -33,6 +33,8 @@ import sys
 import time
 import traceback
 
+from dlbook.grading.process_group import kill_group
+
 _CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z][A-Za-z0-9_.-]*)["']\s*\)""")
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 STARTUP_LIMIT_S = 300
@@ -42,14 +44,6 @@ AFTER_DONE_S = 2.0  # how long a submission may take to leave after the grader i
 def check_calls(source: str) -> list[str]:
     """The question ids a cell asks about with ``check("qN")``, in order."""
     return _CHECK_CALL.findall(source)
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL every process of the group ``pid`` leads (gone already is fine)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _not_dumpable() -> None:
@@ -110,7 +104,7 @@ def grade_notebook(notebook: str, channel, tests, hidden: frozenset, emit) -> No
 
 def _grading_child(notebook: str, sock: socket.socket, out_fd: int, tests, hidden) -> None:
     """In the forked grading child: grade, stream records to the parent, leave."""
-    from dlbook.grading.core import SubmissionGone
+    from dlbook.grading.errors import SubmissionGone
     from dlbook.grading.proxy import Channel
 
     code = 0
@@ -206,7 +200,7 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
     base_config = {"root": root, "hide": hidden_paths, "cpu": cpu, "memory_mb": memory_mb,
                    "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512}
     zygote, control = _start_zygote(base_config)  # it gets the paths to hide, never the tests
-    from dlbook.grading.batch import load_tests
+    from dlbook.grading.loader import load_tests
 
     tests, hidden = load_tests(set_id, extra)
     ready, _, _ = select.select([control], [], [], STARTUP_LIMIT_S)
