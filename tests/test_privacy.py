@@ -204,6 +204,13 @@ def _odd_cnn():
         nn.Linear(36, 3)).double()
 
 
+def _gram_conv():
+    # 2 x 2 outputs of 8 groups' worth of channels: L^2 (C k + O) < L C k O, so the norm takes the Gram path
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(8, 16, 3, groups=2, padding=1, padding_mode="reflect"), nn.Flatten(),
+                         nn.Linear(64, 3)).double()
+
+
 def _odd_conv1d():
     torch.manual_seed(3)
     return nn.Sequential(nn.Conv1d(4, 6, 4, padding="same", groups=2), nn.ReLU(),
@@ -218,7 +225,10 @@ def _odd_conv1d():
      torch.arange(7) % 3, F.cross_entropy),
     (_odd_conv1d, torch.randn(5, 4, 6, dtype=torch.double, generator=torch.Generator().manual_seed(3)),
      torch.arange(5) % 3, F.cross_entropy),
-], ids=["gpt-tied-embedding-head", "conv2d-groups-same-reflect-circular", "conv1d-groups-same-replicate"])
+    (_gram_conv, torch.randn(5, 8, 2, 2, dtype=torch.double, generator=torch.Generator().manual_seed(4)),
+     torch.arange(5) % 3, F.cross_entropy),
+], ids=["gpt-tied-embedding-head", "conv2d-groups-same-reflect-circular", "conv1d-groups-same-replicate",
+        "conv2d-gram-identity"])
 def test_dpsgd_equals_brute_force_on_tied_weights_and_any_convolution(make, x, y, loss_fn):
     """DPSGD's per-example norms and clipped sums equal a per-example loop to 1e-12, for the
     book's GPT (embedding tied to the head: the shared parameter's contributions are added

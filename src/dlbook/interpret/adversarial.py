@@ -19,13 +19,14 @@ __all__ = [
 ]
 
 
-#: Gradient coordinates with |g| at or below this many machine epsilons of x's dtype count as zero
-#: in ``fgsm`` and ``pgd`` (about 9.5e-7 in float32, close to Captum's fixed 1e-6).
+#: In ``fgsm`` and ``pgd`` a gradient coordinate of example i counts as zero when
+#: |g| <= ZERO_GRAD_EPS * (machine epsilon of x's dtype) * ||dL_i/dz_i||_1, z_i the model's outputs.
 ZERO_GRAD_EPS = 8
 
 
-def _loss_grad(call: _Call, x: torch.Tensor, y, loss_fn=None) -> torch.Tensor:
-    """grad_x of sum_i L(f(x_i), y_i), shape of x (L: CE, or ``loss_fn``); the model is already in eval mode."""
+def _loss_grad(call: _Call, x: torch.Tensor, y, loss_fn=None, zero_threshold=None) -> torch.Tensor:
+    """grad_x of sum_i L(f(x_i), y_i), shape of x (L: CE, or ``loss_fn``), with the coordinates that are
+    zero up to rounding set to exactly 0 (see ``fgsm``); the model is already in eval mode."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = call(x)
@@ -40,15 +41,16 @@ def _loss_grad(call: _Call, x: torch.Tensor, y, loss_fn=None) -> torch.Tensor:
                 raise ValueError(f"loss_fn must return a scalar or one loss per example (N,), got "
                                  f"{tuple(getattr(loss, 'shape', ()))}")
             loss = loss.sum()
-        return torch.autograd.grad(loss, x)[0]
+        if zero_threshold is not None:
+            grad = torch.autograd.grad(loss, x)[0]
+            return grad.masked_fill(grad.abs() <= _check_number("zero_threshold", zero_threshold), 0.0)
+        grad, upstream = torch.autograd.grad(loss, (x, logits))
+        # The backward pass multiplies dL/dz by the model's Jacobian, so where the exact input
+        # gradient is zero what is left is a few rounding errors of the size of ||dL/dz||_1.
+        scale = upstream.detach().abs().reshape(len(upstream), -1).sum(1).view(-1, *[1] * (x.dim() - 1))
+        tol = ZERO_GRAD_EPS * torch.finfo(grad.dtype).eps * scale
+        return grad.masked_fill(grad.abs() <= tol, 0.0)
 
-
-def _signed(grad: torch.Tensor, threshold) -> torch.Tensor:
-    """sign(grad), with 0 where |grad| <= threshold (default ``ZERO_GRAD_EPS`` machine epsilons)."""
-    if threshold is None:
-        threshold = ZERO_GRAD_EPS * torch.finfo(grad.dtype).eps
-    threshold = _check_number("zero_threshold", threshold)
-    return torch.where(grad.abs() > threshold, grad.sign(), torch.zeros_like(grad))
 
 
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, lo, hi) -> torch.Tensor:
@@ -71,12 +73,14 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None, loss_fn=Non
 
     with L the cross-entropy of the true label y. Of all perturbations with
     ||delta||_inf <= eps, the signed gradient maximizes the *linearized* loss
-    L(x) + delta . grad L(x). Coordinates with a zero gradient stay where they are: a
-    coordinate whose exact gradient is zero is left a float rounding residue (1.8e-7
-    in float32 on Captum's ``test_attack_loss_defined``), so |g| <= ``zero_threshold``
-    counts as zero. The default, ``ZERO_GRAD_EPS`` = 8 machine epsilons of x's dtype
-    (9.5e-7 in float32, 1.8e-15 in float64), is a few times that residue and close to
-    Captum's fixed 1e-6; unlike a fixed number it does not swallow real float64 gradients.
+    L(x) + delta . grad L(x). Coordinates with a zero gradient stay where they are. In
+    floating point a gradient that is zero exactly is left a rounding residue (1.8e-7 in
+    float32 on Captum's ``test_attack_loss_defined``), of the size of machine epsilon times
+    the gradient flowing back from the outputs, ||dL_i/dz_i||_1; so for example i a
+    coordinate with |g| <= ``ZERO_GRAD_EPS`` (8) * eps(dtype) * ||dL_i/dz_i||_1 counts as zero
+    (9.5e-7 for an O(1) output gradient in float32). Captum uses a fixed 1e-6 instead; a
+    threshold that scales with dL/dz does not freeze a confidently classified example,
+    whose whole gradient is tiny but real (pass ``zero_threshold=1e-6`` for Captum's rule).
 
     The model is put in ``eval()`` for the attack (dropout off, batch-norm running
     statistics) and its mode restored afterwards; parameter gradients are untouched.
@@ -92,7 +96,7 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None, loss_fn=Non
             cross-entropy (y is then passed through as given); e.g. minus the CE of a
             target class for a targeted attack, or Captum's default, the target's output.
         additional_forward_args: Captum's: passed to the model after x, not perturbed.
-        zero_threshold: gradients with |g| at or below it count as zero (see above).
+        zero_threshold: an absolute threshold to use instead: |g| at or below it counts as zero.
 
     x may also be a tuple of tensors with one batch axis (the model takes them as
     positional arguments, as in Captum); each is perturbed and a tuple is returned.
@@ -111,8 +115,8 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None, loss_fn=Non
     lo, hi = _box(lo, hi, call)
     x0 = call.x
     with _EvalMode(model):
-        grad = _loss_grad(call, x0, y, loss_fn)
-    return call.out(_project(x0 + eps * _signed(grad, zero_threshold), x0, eps, lo, hi))
+        grad = _loss_grad(call, x0, y, loss_fn, zero_threshold)
+    return call.out(_project(x0 + eps * grad.sign(), x0, eps, lo, hi))
 
 
 def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps: int = 10,
@@ -171,6 +175,6 @@ def pgd(model, x: torch.Tensor, y, eps: float, alpha: float | None = None, steps
         x_adv = _project(x0 + (2 * u - 1) * eps, x0, eps, lo, hi)
     with _EvalMode(model):
         for _ in range(steps):
-            grad = _loss_grad(call, x_adv, y, loss_fn)
-            x_adv = _project(x_adv + alpha * _signed(grad, zero_threshold), x0, eps, lo, hi)
+            grad = _loss_grad(call, x_adv, y, loss_fn, zero_threshold)
+            x_adv = _project(x_adv + alpha * grad.sign(), x0, eps, lo, hi)
     return call.out(x_adv)

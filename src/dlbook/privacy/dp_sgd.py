@@ -225,12 +225,19 @@ class _Layer:
             # and G_i its output gradient, (O, L): a linear layer applied at the L positions, so
             # its squared norm is the Gram identity <U_i^T U_i, G_i^T G_i> (or G_i U_i^T itself,
             # whichever is cheaper), never (B, O, C k) unless that is the cheaper.
-            cols, g4 = self._unfold(a), g.reshape(len(g), m.groups, -1, g[0, 0].numel())   # (B, G, Ck, L), (B, G, O, L)
-            self.cache.update(cols=cols, g4=g4)
-            if self._on("weight"):
-                b, grp = cols.shape[:2]
-                n2 = n2 + _gram_norm2(cols.flatten(0, 1).transpose(1, 2),
-                                      g4.flatten(0, 1).transpose(1, 2)).view(b, grp).sum(1)
+            b, grp, positions = len(g), m.groups, g[0, 0].numel()
+            g4 = g.reshape(b, grp, -1, positions)                        # (B, G, O, L)
+            self.cache.update(g4=g4)
+            ck, o = m.weight[0].numel(), m.out_channels // grp
+            if self._on("weight") and positions * positions * (ck + o) < positions * ck * o:
+                cols = self._unfold(a)                                     # (B, G, Ck, L)
+                uu = torch.matmul(cols.transpose(2, 3), cols)              # (B, G, L, L)
+                gg = torch.matmul(g4.transpose(2, 3), g4)
+                n2 = n2 + (uu * gg).sum((1, 2, 3))
+            elif self._on("weight"):
+                psg = self._per_example_weight()                           # (B, *weight.shape)
+                self.cache.update(psg=psg)
+                n2 = n2 + psg.reshape(b, -1).pow(2).sum(1)
             if self._on("bias"):
                 n2 = n2 + g4.sum(3).pow(2).sum((1, 2))
             return n2
@@ -265,9 +272,11 @@ class _Layer:
             n2 = n2 + gb.reshape(len(gb), -1).pow(2).sum(1)
         return n2
 
-    def _unfold(self, a):
-        """(B, C, *spatial) -> (B, groups, C/groups * prod(kernel), L): each output position's receptive field."""
-        m = self.module
+    def _padded(self):
+        """The layer's input padded as the convolution pads it, and the padding still to apply (0 if done)."""
+        m, a = self.module, self.a
+        if m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            return a, m.padding                                        # symmetric: the kernels pad for free
         if m.padding == "same":       # (stride 1) torch puts the odd extra pad on the right
             pads = [(dd * (kk - 1) // 2, dd * (kk - 1) - dd * (kk - 1) // 2) for kk, dd in zip(m.kernel_size, m.dilation)]
         elif m.padding == "valid":
@@ -277,10 +286,34 @@ class _Layer:
         flat = [q for pair in reversed(pads) for q in pair]          # F.pad's order: last axis first
         if any(flat):
             a = F.pad(a, flat, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
+        return a, 0
+
+    def _weight_grad(self, g, batch_groups: int):
+        """The conv's weight gradient for output gradient g; with the batch as ``batch_groups`` groups
+        (the input seen as one example of B C channels) it is every example's own, (B O, C/G, *k)."""
+        m = self.module
+        a, pad = self._padded()
+        b = len(a)
+        if batch_groups > 1:
+            a, g = a.reshape(1, -1, *a.shape[2:]), g.reshape(1, -1, *g.shape[2:])
+        conv_weight = torch.nn.grad.conv1d_weight if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_weight
+        shape = (m.weight.shape[0] * (b if batch_groups > 1 else 1), *m.weight.shape[1:])
+        return conv_weight(a, shape, g, m.stride, pad, m.dilation, m.groups * (b if batch_groups > 1 else 1))
+
+    def _per_example_weight(self):
+        """(B, *weight.shape): each example's weight gradient, one grouped weight-gradient convolution."""
+        g = self.cache["g"]
+        return self._weight_grad(g, len(g)).view(len(g), *self.module.weight.shape)
+
+    def _unfold(self, a):
+        """(B, C, *spatial) -> (B, groups, C/groups * prod(kernel), L): each output position's receptive field."""
+        m = self.module
+        a, pad = self._padded()
+        pad = (pad,) * len(m.kernel_size) if isinstance(pad, int) else pad
         k, d, s = m.kernel_size, m.dilation, m.stride
         if isinstance(m, nn.Conv1d):
-            a, k, d, s = a.unsqueeze(-2), (1, k[0]), (1, d[0]), (1, s[0])
-        cols = F.unfold(a, k, dilation=d, stride=s)                    # (B, C k, L)
+            a, k, d, s, pad = a.unsqueeze(-2), (1, k[0]), (1, d[0]), (1, s[0]), (0, pad[0])
+        cols = F.unfold(a, k, dilation=d, padding=pad, stride=s)      # (B, C k, L)
         return cols.view(len(a), m.groups, -1, cols.shape[-1])
 
     # -- per-example gradients (B, *param.shape), for a parameter shared with other layers
@@ -294,7 +327,7 @@ class _Layer:
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             if pname == "bias":
                 return cache["g4"].sum(3).flatten(1)
-            return torch.einsum("bgol,bgkl->bgok", cache["g4"], cache["cols"]).reshape(len(g), *m.weight.shape)
+            return cache["psg"] if "psg" in cache else self._per_example_weight()
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
             return cache["gw" if pname == "weight" else "gb"]
         ids, g3 = cache["ids"], cache["g3"]                            # Embedding
@@ -318,11 +351,12 @@ class _Layer:
                 out["weight"] = lambda: torch.einsum("bto,bti->oi", gc, a3)
                 out["bias"] = lambda: gc.sum((0, 1))
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            cols, g4 = cache["cols"], cache["g4"]                      # (B, G, Ck, L), (B, G, O, L)
-            gc = g4 * c[:, None, None, None]
-            # per group, one (O, B L) x (B L, C k) product: the ordinary weight gradient with scaled g
-            out["weight"] = lambda: torch.einsum("bgol,bgkl->gok", gc, cols).reshape(m.weight.shape)
-            out["bias"] = lambda: gc.sum((0, 3)).reshape(-1)
+            g4 = cache["g4"]                                           # (B, G, O, L)
+            if "psg" in cache:                                         # one (B,) x (B, O C k) product
+                out["weight"] = lambda: (c @ cache["psg"].reshape(len(c), -1)).reshape(m.weight.shape)
+            else:                                                      # the ordinary weight gradient of c_i g_i
+                out["weight"] = lambda: self._weight_grad(g * c.view(-1, *[1] * (g.dim() - 1)), 1)
+            out["bias"] = lambda: (c @ g4.sum(3).reshape(len(c), -1))
         elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
             gw, gb = cache["gw"], cache["gb"]
             out["weight"] = lambda: (c @ gw.reshape(len(gw), -1)).reshape(gw.shape[1:])
