@@ -4,6 +4,7 @@ Every claim of "smaller" or "faster" in the chapter is a measurement::
 
     model_size(model)                    # ModelSize(bytes=..., params=..., nonzero=...)
     latency(model, x, threads=1)         # Latency(median=..., iqr=..., runs=...) in seconds
+    compare_latency({"a": a, "b": b}, x) # interleaved rounds: each one's median, and speed-up over "a"
 
 Pruning sets weights to zero (a mask) or removes whole neurons (a smaller model)::
 
@@ -36,14 +37,15 @@ each lives in the module of its section of the chapter: ``size_and_latency`` (no
 
 from __future__ import annotations
 
-from dlbook.compression.size_and_latency import ModelSize, Latency, model_size, latency
+from dlbook.compression.size_and_latency import ModelSize, Latency, model_size, latency, Compared, compare_latency
 from dlbook.compression.pruning import magnitude_prune, apply_masks, prune_neurons
 from dlbook.compression.distillation import distillation_loss
 from dlbook.compression.quantization import qrange, quant_params, quantize, dequantize, fake_quantize
-from dlbook.compression.quantized_linear import QuantLinear, Int8Linear, replace_linears
+from dlbook.compression.quantized_linear import QuantLinear, Int8Linear, replace_linears, int_mm_is_exact
 
 __all__ = [
-    "ModelSize", "Latency", "model_size", "latency", "magnitude_prune", "apply_masks", "prune_neurons",
+    "ModelSize", "Latency", "model_size", "latency", "Compared", "compare_latency",
+    "magnitude_prune", "apply_masks", "prune_neurons",
     "distillation_loss", "qrange", "quant_params", "quantize", "dequantize", "fake_quantize", "QuantLinear",
-    "Int8Linear", "replace_linears",
+    "Int8Linear", "replace_linears", "int_mm_is_exact",
 ]

@@ -17,7 +17,7 @@ from torch import nn
 from dlbook.compression.quantization import fake_quantize, qrange, quant_params, quantize, _check_bits
 
 __all__ = [
-    "QuantLinear", "Int8Linear", "replace_linears",
+    "QuantLinear", "Int8Linear", "replace_linears", "int_mm_is_exact",
 ]
 
 
@@ -127,6 +127,31 @@ class QuantLinear(nn.Linear):
         return f"{super().extra_repr()}, bits={self.bits}, per_channel={self.per_channel}, act_bits={self.act_bits}"
 
 
+_INT_MM_EXACT: bool | None = None
+
+
+def int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` on this CPU returns exact int32 sums (checked once per process).
+
+    With VNNI instructions (AVX-512 VNNI, AVX-VNNI) oneDNN multiplies int8 pairs into an int32 accumulator.
+    Without them (AVX2-only or older CPUs, or ``ONEDNN_MAX_CPU_ISA=AVX2``), its kernel adds pairs of
+    products in 16-bit integers that saturate at 32,767, so large products come back wrong (every
+    output of a random 256 x 1024 x 256 product, measured). ``Int8Linear`` then multiplies the same
+    integers in floating point instead: exact, but without the int8 kernel's speed.
+    """
+    global _INT_MM_EXACT
+    if _INT_MM_EXACT is None:
+        try:
+            cases = [(127, 127), (127, -128), (-128, -128)]
+            _INT_MM_EXACT = all(
+                bool((torch._int_mm(torch.full((32, 64), a, dtype=torch.int8),
+                                    torch.full((64, 32), b, dtype=torch.int8)) == 64 * a * b).all())
+                for a, b in cases)
+        except (RuntimeError, AttributeError):
+            _INT_MM_EXACT = False
+    return _INT_MM_EXACT
+
+
 class Int8Linear(nn.Module):
     """An inference-only Linear layer that multiplies int8 by int8 with an int32 accumulator.
 
@@ -140,8 +165,9 @@ class Int8Linear(nn.Module):
 
     where the sum is an exact integer matmul (``torch._int_mm``, int32 accumulator) and the
     rescale is one float multiply per output. Where ``torch._int_mm`` is not available for the
-    shapes or the device, the same integers are multiplied in float32 (exact while
-    in_features * 127^2 < 2^24, within float32 rounding beyond).
+    shapes or the device, or is not exact on this CPU (no VNNI instructions: see
+    :func:`int_mm_is_exact`), the same integers are multiplied in float32, or in float64 once
+    in_features * 128^2 reaches 2^24, so the sum is exact either way (and no faster than float).
 
     Build it from a trained layer with ``Int8Linear.from_linear(linear)``. The int8 weight
     is a frozen ``nn.Parameter`` (so ``model_size`` counts it), scales and bias are float32.
@@ -176,16 +202,19 @@ class Int8Linear(nn.Module):
         return layer
 
     def _int_matmul(self, p: torch.Tensor) -> torch.Tensor:
-        """(M, K) int8 @ (K, N) int8 -> (M, N) int32 accumulator (float32 where _int_mm cannot run)."""
+        """(M, K) int8 @ (K, N) int8 -> (M, N) accumulator: exact int32, or float where _int_mm cannot be trusted."""
         w_t = self.weight.t()
         m, k = p.shape
         ok = hasattr(torch, "_int_mm") and (
-            p.device.type == "cpu" or (p.device.type == "cuda" and m > 16 and k % 8 == 0 and self.out_features % 8 == 0))
+            (p.device.type == "cpu" and int_mm_is_exact()) or
+            (p.device.type == "cuda" and m > 16 and k % 8 == 0 and self.out_features % 8 == 0))
         if ok:
             try:
                 return torch._int_mm(p, w_t)
             except RuntimeError:
                 pass
+        if k * 128 * 128 >= 2 ** 24:  # float32 would round the sum: float64 holds every such sum exactly
+            return (p.double() @ w_t.double()).float()
         return p.float() @ w_t.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ Every claim of "smaller" or "faster" in the chapter is a measurement::
 
     model_size(model)                    # ModelSize(bytes=..., params=..., nonzero=...)
     latency(model, x, threads=1)         # Latency(median=..., iqr=..., runs=...) in seconds
+    compare_latency({"a": a, "b": b}, x) # interleaved rounds: each one's median, and speed-up over "a"
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ModelSize", "Latency", "model_size", "latency",
+    "ModelSize", "Latency", "model_size", "latency", "Compared", "compare_latency",
 ]
 
 
@@ -174,3 +175,45 @@ def latency(model: Callable, x: torch.Tensor, threads: int = 1, min_run_time: fl
     t = torch.tensor(times, dtype=torch.float64)
     q1, median, q3 = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
     return Latency(median=median, iqr=q3 - q1, runs=len(times))
+
+
+class Compared(NamedTuple):
+    """What ``compare_latency`` measured for one model: its ``median`` time in seconds (the median over
+    rounds of each round's median), and its ``speedup`` over the first model (the median over rounds of
+    t_first / t_model, both taken in the same round)."""
+
+    median: float
+    speedup: float
+
+
+def compare_latency(models: Mapping[str, Callable], x: torch.Tensor, threads: int = 1, rounds: int = 3,
+                    min_run_time: float = 0.02) -> dict[str, Compared]:
+    """Time several models on the same input in interleaved rounds, for a speed-up a busy machine cannot fake.
+
+    Each round times every model once, in order, with ``latency``; a speed-up is a ratio of two
+    times from the *same* round, so load that comes and goes slows both sides of it alike, and the
+    median over rounds discards a round that a burst of load hit unevenly. Same batch and thread
+    count for all models, as ``latency`` requires.
+
+    Args:
+        models: name -> model (or callable of one tensor); the first is the reference.
+        x: the input batch, e.g. (N, d_in).
+        threads: intra-op threads (>= 1). rounds: rounds (>= 1).
+        min_run_time: seconds of timing per model and round at least (> 0; at least 7 calls each).
+
+    Returns:
+        name -> Compared(median, speedup); the first model's speedup is 1.
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise TypeError("models must be a non-empty mapping of name -> model")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    times = [{name: latency(m, x, threads=threads, min_run_time=min_run_time).median for name, m in models.items()}
+             for _ in range(rounds)]
+    first = next(iter(models))
+
+    def middle(values):
+        return torch.tensor(values, dtype=torch.float64).quantile(0.5).item()
+
+    return {name: Compared(middle([t[name] for t in times]), middle([t[first] / t[name] for t in times]))
+            for name in models}

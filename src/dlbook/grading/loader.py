@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -13,6 +14,18 @@ from dlbook.grading.core import TestSpec, collect_tests
 from dlbook.grading.sets import load_set
 
 __all__ = ["load_tests", "load_extra_tests"]
+
+
+@contextlib.contextmanager
+def _no_bytecode():
+    """Import without writing ``__pycache__/*.pyc`` next to the module: a hidden test's bytecode is a copy of it
+    that the sandbox's mask of the ``.py`` file would not cover."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
 
 
 def _module_from_file(path: Path, index: int):
@@ -28,6 +41,11 @@ def _module_from_file(path: Path, index: int):
 
 def load_extra_tests(sources: list[str]) -> list:
     """Import hidden-test modules: each source is a ``.py`` file, a folder of them, or a module name."""
+    with _no_bytecode():
+        return _load_extra_tests(sources)
+
+
+def _load_extra_tests(sources: list[str]) -> list:
     modules = []
     for source in sources:
         path = Path(source)
