@@ -12,7 +12,8 @@ training step (zero_grad, forward, backward, privatize, SGD update) of:
   linear layers);
 * ``opacus``: Opacus 1.6's ``GradSampleModule`` + ``DPOptimizer`` with its default hooks.
 
-Method: warm-up, then ``--repeats`` rounds; each round times every method for ``--steps`` steps,
+Method: warm-up, then ``--repeats`` rounds; each round times every method for ``--steps`` steps
+(``torch.utils.benchmark.Timer``),
 in an order that rotates between rounds, so that a burst of load on a shared machine hits all
 alike. Printed: the median ms per step of each, the ratio book / Opacus (<= 1 means the book's
 step is no slower) and the overhead over plain SGD. Not asserted: timings on a shared machine
@@ -25,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import torch
 from torch import nn
+from torch.utils import benchmark
 
 from dlbook.data import load_digits
 from dlbook.privacy import DPSGD, dp_sgd_step
@@ -91,10 +92,9 @@ def steppers(make, x, y, C=1.0, sigma=1.0, lr=0.05):
 
 
 def time_steps(fn, steps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps * 1e3
+    """Mean ms per step over ``steps`` calls, timed by torch.utils.benchmark (which sets the thread count)."""
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.timeit(steps).mean * 1e3
 
 
 def main(argv=None) -> dict:

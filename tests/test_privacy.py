@@ -168,13 +168,100 @@ def test_poisson_loader_samples_each_example_with_rate_q():
     assert len(set(sizes)) > 5   # the sizes vary: it is not a fixed-size loader
 
 
-def test_dpsgd_refuses_batchnorm_and_tied_weights():
-    """BatchNorm mixes examples and tied weights break the norm sum: both are refused with TypeError."""
+def test_dpsgd_refuses_batchnorm():
+    """BatchNorm mixes examples, so it has no per-example gradient: refused with TypeError."""
     with pytest.raises(TypeError, match="BatchNorm1d"):
         P.DPSGD(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)), 0.1, 1.0, 1.0, 10)
+
+
+def _loop_grads(model, loss_fn, x, y):
+    """Per-example gradients by brute force: one autograd.grad per example (tied parameters once)."""
+    names, params = zip(*model.named_parameters())
+    rows = []
+    for i in range(len(x)):
+        out = model(x[i:i + 1])
+        out = out[0] if isinstance(out, tuple) else out
+        rows.append(torch.autograd.grad(loss_fn(out, y[i:i + 1]), params))
+    return {k: torch.stack([r[j] for r in rows]) for j, k in enumerate(names)}
+
+
+def _seq_ce(out, y):
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def _tied_gpt():
     from dlbook.transformer import GPT
-    with pytest.raises(TypeError, match="shared"):
-        P.DPSGD(GPT(10, 8, n_layer=1, n_head=1, n_embd=8), 0.1, 1.0, 1.0, 10)
+    torch.manual_seed(1)
+    return GPT(11, 8, n_layer=1, n_head=2, n_embd=16).double()
+
+
+def _odd_cnn():
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding="same", groups=2), nn.ReLU(),
+        nn.Conv2d(6, 4, (2, 3), padding="same", padding_mode="reflect", dilation=(1, 2)), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4, padding_mode="circular"), nn.Flatten(),
+        nn.Linear(36, 3)).double()
+
+
+def _gram_conv():
+    # 2 x 2 outputs of 8 groups' worth of channels: L^2 (C k + O) < L C k O, so the norm takes the Gram path
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(8, 16, 3, groups=2, padding=1, padding_mode="reflect"), nn.Flatten(),
+                         nn.Linear(64, 3)).double()
+
+
+def _odd_conv1d():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv1d(4, 6, 4, padding="same", groups=2), nn.ReLU(),
+                         nn.Conv1d(6, 2, 3, padding=2, padding_mode="replicate"), nn.Flatten(),
+                         nn.Linear(16, 3)).double()
+
+
+@pytest.mark.parametrize("make, x, y, loss_fn", [
+    (_tied_gpt, torch.randint(0, 11, (5, 8), generator=torch.Generator().manual_seed(0)),
+     torch.randint(0, 11, (5, 8), generator=torch.Generator().manual_seed(1)), _seq_ce),
+    (_odd_cnn, torch.randn(7, 4, 6, 6, dtype=torch.double, generator=torch.Generator().manual_seed(2)),
+     torch.arange(7) % 3, F.cross_entropy),
+    (_odd_conv1d, torch.randn(5, 4, 6, dtype=torch.double, generator=torch.Generator().manual_seed(3)),
+     torch.arange(5) % 3, F.cross_entropy),
+    (_gram_conv, torch.randn(5, 8, 2, 2, dtype=torch.double, generator=torch.Generator().manual_seed(4)),
+     torch.arange(5) % 3, F.cross_entropy),
+], ids=["gpt-tied-embedding-head", "conv2d-groups-same-reflect-circular", "conv1d-groups-same-replicate",
+        "conv2d-gram-identity"])
+def test_dpsgd_equals_brute_force_on_tied_weights_and_any_convolution(make, x, y, loss_fn):
+    """DPSGD's per-example norms and clipped sums equal a per-example loop to 1e-12, for the
+    book's GPT (embedding tied to the head: the shared parameter's contributions are added
+    before the norm) and for grouped, 'same'-padded, dilated, reflect/circular-padded convolutions."""
+    model, twin = make(), make()
+    opt = P.DPSGD(model, lr=1.0, max_norm=0.05, noise_multiplier=0.0, expected_batch_size=len(x))
+    out = model(x)
+    loss_fn(out[0] if isinstance(out, tuple) else out, y).backward()
+    opt.privatize()
+    grads = _loop_grads(twin, loss_fn, x, y)
+    assert torch.allclose(opt.last_norms, P.per_example_norms(grads), rtol=1e-12, atol=0)
+    assert (opt.last_norms > 0.05).any()                  # some examples are really clipped
+    expected = P.clip_and_noise(grads, 0.05, 0.0)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name] / len(x), rtol=1e-10, atol=1e-15), name
+
+
+@pytest.mark.parametrize("how", ["DPSGD", "dp_sgd_step"])
+def test_an_empty_poisson_batch_takes_a_noise_only_step(how):
+    """An empty batch moves every parameter by noise alone (std lr sigma C / (q N)), as Opacus does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long)
+    if how == "DPSGD":
+        opt = P.DPSGD(model, lr=1.0, max_norm=1.0, noise_multiplier=1.0, expected_batch_size=4.0)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    else:
+        P.dp_sgd_step(model, F.cross_entropy, x, y, torch.optim.SGD(model.parameters(), lr=1.0), 1.0, 1.0, 4.0)
+    steps = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert (steps != 0).all()
+    assert 0.15 < steps.std().item() < 0.4                  # sigma C / (q N) = 0.25, over 47 draws
 
 
 # ----------------------------------------------------------------------------- accounting

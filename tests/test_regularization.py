@@ -62,11 +62,11 @@ def test_dropout_mask_is_reproducible_with_a_generator_and_gradients_flow_throug
     assert torch.allclose(x.grad, (y1 != 0).double() / 0.6)
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+@pytest.mark.parametrize("p", [-0.1, 1.5])
 def test_dropout_rejects_p_outside_0_1(p):
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
         R.dropout(torch.ones(3), p)
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
         R.Dropout(p)
 
 

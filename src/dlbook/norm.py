@@ -540,7 +540,9 @@ class RMSNorm(nn.Module):
 
     Args:
         normalized_shape: int or tuple: the trailing shape of the input.
-        eps: added to the mean square; ``None`` means ``torch.finfo(x.dtype).eps`` (as torch).
+        eps: added to the mean square; ``None`` means the machine epsilon of the dtype computed in
+            (as torch): float32's for float16/bfloat16 inputs, which are computed in float32 and cast
+            back, otherwise the input's own.
         elementwise_affine: learn gamma of shape ``normalized_shape``.
 
     Shape: input ``(*, *normalized_shape)`` -> same shape.
@@ -559,10 +561,17 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = _check_last_axes("RMSNorm", x, self.normalized_shape)
-        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        mean_square = x.pow(2).mean(dim=tuple(range(-k, 0)), keepdim=True)
-        y = x * torch.rsqrt(mean_square + eps)
-        return y * self.weight if self.weight is not None else y
+        # float16/bfloat16 are normalized in float32 and cast back, as torch does: their own eps
+        # (1e-3, 7.8e-3) would swamp the mean square of small activations, and x**2 overflows
+        # float16 once |x| > 256.
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        xc = x.float() if half else x
+        eps = torch.finfo(xc.dtype).eps if self.eps is None else self.eps
+        mean_square = xc.pow(2).mean(dim=tuple(range(-k, 0)), keepdim=True)
+        y = xc * torch.rsqrt(mean_square + eps)
+        if self.weight is not None:
+            y = y * self.weight
+        return y.to(x.dtype) if half else y
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

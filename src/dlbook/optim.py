@@ -104,9 +104,9 @@ class SGD(Optimizer):
         loss = _run_closure(closure)
         for group in self.param_groups:
             lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
-            for w, g in _gradients(group):
+            for p, w, g in _gradients(group):
                 if mu:
-                    state = self.state[w]
+                    state = self.state[p]
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = g.clone()       # the first step takes g undamped
                     else:
@@ -151,8 +151,8 @@ class RMSprop(Optimizer):
         loss = _run_closure(closure)
         for group in self.param_groups:
             lr, alpha, eps, mu = (group[k] for k in ("lr", "alpha", "eps", "momentum"))
-            for w, g in _gradients(group):
-                state = self.state[w]
+            for p, w, g in _gradients(group):
+                state = self.state[p]
                 if not state:
                     state["square_avg"] = torch.zeros_like(w)
                     if group["centered"]:
@@ -209,10 +209,10 @@ class Adam(Optimizer):
         loss = _run_closure(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for w, g in _gradients(group, l2=not self.decoupled):   # Adam: L2 penalty through the gradient
+            for p, w, g in _gradients(group, l2=not self.decoupled):   # Adam: L2 penalty through the gradient
                 if wd and self.decoupled:
                     w.mul_(1 - lr * wd)                     # AdamW: shrink the weights themselves
-                state = self.state[w]
+                state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(w)
@@ -248,19 +248,27 @@ class AdamW(Adam):
 
 
 def _gradients(group: dict, l2: bool = True):
-    """Yield (w, g) for each parameter of ``group`` that has a gradient.
+    """Yield (p, w, g) for each parameter p of ``group`` that has a gradient.
 
-    g has w's shape: the gradient, negated when ``maximize``, plus
-    ``weight_decay * w`` when ``l2`` (the L2 penalty's gradient).
+    ``p`` is the key of the optimizer's state. ``w`` is p itself, or for a
+    complex p its real view ``torch.view_as_real(p)`` of shape (*p.shape, 2):
+    like torch, the optimizers treat the real and imaginary parts as two real
+    parameters, so Adam's second moment is re^2 and im^2 separately, not the
+    complex square g*g (which is not even a non-negative number). g has w's
+    shape: the gradient, negated when ``maximize``, plus ``weight_decay * w``
+    when ``l2`` (the L2 penalty's gradient).
     """
     wd = group["weight_decay"]
-    for w in group["params"]:
-        if w.grad is None:
+    for p in group["params"]:
+        if p.grad is None:
             continue
-        g = -w.grad if group["maximize"] else w.grad
+        w, g = p, p.grad
+        if torch.is_complex(p):
+            w, g = torch.view_as_real(p), torch.view_as_real(g)
+        g = -g if group["maximize"] else g
         if l2 and wd:
             g = g + wd * w
-        yield w, g
+        yield p, w, g
 
 
 def _run_closure(closure):

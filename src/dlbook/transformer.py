@@ -425,7 +425,9 @@ class GPT(nn.Module):
         t = idx.size(1)
         x = self.tok_emb(idx)                                                     # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(offset, offset + t, device=idx.device))
+            # indexed per example, (B, T), not broadcast from (T,): the same sum, but per-example
+            # gradients of the position table (DP-SGD's) exist only if each example has its own output
+            x = x + self.pos_emb(torch.arange(offset, offset + t, device=idx.device).expand(idx.size(0), t))
         elif self.pe is not None:
             x = x + self.pe[offset:offset + t]
         x = self.drop(x)

@@ -23,10 +23,21 @@ __all__ = [
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _check_amount(amount) -> float:
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount < 1.0:
-        raise ValueError(f"amount must be a fraction in [0, 1), got {amount!r}")
-    return float(amount)
+def _check_amount(amount) -> float | int:
+    """A fraction in [0, 1) (a float), or a count >= 0 (an int, as in ``torch.nn.utils.prune``)."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+            or (isinstance(amount, float) and not 0.0 <= amount < 1.0) or (isinstance(amount, int) and amount < 0):
+        raise ValueError(f"amount must be a fraction in [0, 1) (a float) or a count >= 0 (an int), got {amount!r}")
+    return amount
+
+
+def _count(amount: float | int, n: int, what: str) -> int:
+    """How many of n to remove: an int amount is the count itself, a float the fraction round(amount n)."""
+    if isinstance(amount, int):
+        if amount > n:
+            raise ValueError(f"amount={amount} is more than the {n} {what} there are")
+        return amount
+    return round(amount * n)
 
 
 def _prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -63,7 +74,10 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "global") -> d
 
     Args:
         model: any module with Linear or Conv layers. It is not changed: see ``apply_masks``.
-        amount: fraction in [0, 1) of weights to remove.
+        amount: fraction in [0, 1) of weights to remove, or an int: that many weights (in
+            the scope: in all for ``"global"``, in each layer for ``"layer"``), as ``torch.nn.utils.prune``
+            reads an int amount. (A fraction of 1.0, which torch accepts, is refused: a network with
+            no weights left is no model.)
         scope: ``"global"`` or ``"layer"``.
 
     Returns:
@@ -74,9 +88,10 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "global") -> d
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     weights = _prunable_weights(model)
     if scope == "layer":
-        return {name: _smallest_mask(w.abs(), round(amount * w.numel())) for name, w in weights.items()}
+        return {name: _smallest_mask(w.abs(), _count(amount, w.numel(), f"weights of {name}"))
+                for name, w in weights.items()}
     scores = torch.cat([w.abs().reshape(-1) for w in weights.values()])
-    flat = _smallest_mask(scores, round(amount * scores.numel()))
+    flat = _smallest_mask(scores, _count(amount, scores.numel(), "prunable weights"))
     masks, start = {}, 0
     for name, w in weights.items():
         masks[name] = flat[start:start + w.numel()].reshape(w.shape)
@@ -128,7 +143,8 @@ def prune_neurons(model: nn.Module, amount: float, norm: float = 2.0) -> nn.Modu
             (each one's ``out_features`` is the next one's ``in_features``) with only
             elementwise layers (ReLU, GELU, Tanh, Dropout, ...) between them, e.g.
             ``dlbook.mlp.MLP`` or an ``nn.Sequential``.
-        amount: fraction in [0, 1) of each hidden layer's neurons to remove (``round``).
+        amount: fraction in [0, 1) of each hidden layer's neurons to remove (``round``), or an
+            int: that many neurons from each hidden layer (at least one must stay).
         norm: p of the L_p norm used to rank neurons (> 0).
 
     Returns:
@@ -155,7 +171,9 @@ def prune_neurons(model: nn.Module, amount: float, norm: float = 2.0) -> nn.Modu
         if a.out_features != b.in_features:
             raise ValueError(f"Linear layers do not form a chain: {a.out_features} outputs feed {b.in_features} inputs")
     for layer, nxt in zip(linears[:-1], linears[1:]):
-        k = round(amount * layer.out_features)
+        k = _count(amount, layer.out_features, "neurons in a hidden layer")
+        if k >= layer.out_features:
+            raise ValueError(f"amount={amount} would remove all {layer.out_features} neurons of a hidden layer")
         if k == 0:
             continue
         keep = torch.topk(layer.weight.norm(p=norm, dim=1), layer.out_features - k).indices.sort().values

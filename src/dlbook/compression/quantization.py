@@ -144,7 +144,14 @@ def _broadcast_params(x: torch.Tensor, scale, zero_point, axis: int | None):
 def quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: int | None = None) -> torch.Tensor:
     """Real numbers to integers: q = clamp(round(x / S) + Z, q_min, q_max).
 
-    ``round`` rounds halves to even, as ``torch.quantize_per_tensor`` does.
+    ``round`` rounds halves to even, as ``torch.quantize_per_tensor`` does. Like torch, x / S
+    is computed as x * (1 / S) (one reciprocal, then a multiply; in float32 for float16 and
+    bfloat16 inputs), and for float32 the sum x * (1 / S) + Z is rounded to float32 once, as
+    the fused multiply-add of torch's kernels does (on every CPU kernel path), before it is
+    rounded to an integer. These differ from round(x / S) + Z in the last bit for some x,
+    which moves a value lying on a rounding tie by one code; matching torch code for code
+    is the point here. (``fake_quantize`` follows torch's fake-quantize kernel instead,
+    round(x * (1 / S)) + Z.)
 
     Args:
         x: a float tensor of any shape.
@@ -163,8 +170,20 @@ def quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: int
                         (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
     qmin, qmax = _check_qminmax(qmin, qmax)
     s, z = _broadcast_params(x, scale, zero_point, axis)
-    q = torch.clamp(torch.round(x / s.to(x.dtype)) + z.to(x.dtype), qmin, qmax)
+    dt = _compute_dtype(x)
+    inv = torch.reciprocal(s.to(dt))
+    if dt == torch.float32:   # the exact product plus Z (float64 holds it), rounded once: an FMA
+        t = (x.to(torch.float64) * inv.to(torch.float64) + z.to(torch.float64)).to(dt)
+    else:
+        t = x * inv + z.to(dt)
+    q = torch.clamp(torch.round(t), qmin, qmax)
     return q.to(_storage_dtype(qmin, qmax))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # half-precision values are quantized in float32, as torch's kernels do: float16's 11-bit
+    # mantissa cannot even hold every code of an 8-bit grid times its scale exactly
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> torch.Tensor:
@@ -190,7 +209,8 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis
     with. Backward (the straight-through estimator, STE): round() has zero gradient almost
     everywhere, so it is treated as the identity: the gradient is 1 where
     q_min <= round(x / S) + Z <= q_max and 0 where the value was clamped (as
-    ``torch.fake_quantize_per_tensor_affine``). S and Z get no gradient.
+    ``torch.fake_quantize_per_tensor_affine``). S and Z get no gradient. As in ``quantize``,
+    x / S is x * (1 / S), and float16/bfloat16 inputs are computed in float32 and cast back (as torch).
 
     Args:
         x, scale, zero_point, qmin, qmax, axis: as for ``quantize``.
@@ -202,8 +222,9 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis
         raise TypeError(f"x must be a float tensor, got {type(x).__name__}")
     qmin, qmax = _check_qminmax(qmin, qmax)
     s, z = _broadcast_params(x, scale, zero_point, axis)
-    s, z = s.to(x.dtype).detach(), z.to(x.dtype)
-    q = torch.round(x.detach() / s) + z
+    dt = _compute_dtype(x)
+    s, z = s.to(dt).detach(), z.to(dt)
+    q = torch.round(x.detach().to(dt) * torch.reciprocal(s)) + z
     inside = (q >= qmin) & (q <= qmax)
-    x_hat = (q.clamp(qmin, qmax) - z) * s
+    x_hat = ((q.clamp(qmin, qmax) - z) * s).to(x.dtype)
     return x_hat + (x - x.detach()) * inside

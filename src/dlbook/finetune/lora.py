@@ -10,6 +10,7 @@ else; ``merge_lora`` / ``unmerge_lora`` do it for a whole model.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -38,7 +39,8 @@ class LoRALinear(nn.Module):
     Args:
         base: the pretrained ``nn.Linear`` (in_features k, out_features d); its weight
             and bias are frozen (``requires_grad=False``), not copied.
-        r: rank, 1 <= r <= min(d, k).
+        r: rank, >= 1. Above min(d, k) it adds parameters but no expressiveness (B A has
+            rank at most min(d, k)); it is allowed, as in peft, whose own tests use it.
         alpha: scale; the update is multiplied by alpha / r.
         dropout: dropout probability on the low-rank path's input.
 
@@ -48,7 +50,7 @@ class LoRALinear(nn.Module):
 
     Raises:
         TypeError: if ``base`` is not an ``nn.Linear``.
-        ValueError: if r < 1, r > min(d, k), alpha <= 0 or dropout not in [0, 1).
+        ValueError: if r < 1, alpha <= 0 or dropout not in [0, 1).
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
@@ -57,9 +59,6 @@ class LoRALinear(nn.Module):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         _check_positive_int("r", r)
         d, k = base.out_features, base.in_features
-        if r > min(d, k):
-            raise ValueError(f"r={r} exceeds min(out_features, in_features) = min({d}, {k}): a rank-r update "
-                             f"of a {d}x{k} matrix needs r <= {min(d, k)}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
@@ -99,11 +98,13 @@ class LoRALinear(nn.Module):
     def merge(self) -> None:
         """W0 <- W0 + (alpha / r) B A: inference then costs one matmul, like the base layer.
 
-        Raises:
-            RuntimeError: if already merged (merging twice would add the update twice).
+        Merging a merged layer warns (UserWarning) and does nothing, as in peft: adding the
+        update twice would silently change the model.
         """
         if self.merged:
-            raise RuntimeError("this LoRALinear is already merged; call unmerge() before merging again")
+            warnings.warn("this LoRALinear is already merged; nothing to do (unmerge() first to merge again)",
+                          UserWarning, stacklevel=2)
+            return
         self.base.weight += self.delta_weight()
         self.merged = True
 
@@ -111,11 +112,11 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         """W0 <- W0 - (alpha / r) B A: restores the pretrained weight up to float rounding.
 
-        Raises:
-            RuntimeError: if not merged.
+        Unmerging a layer that is not merged warns (UserWarning) and does nothing, as in peft.
         """
         if not self.merged:
-            raise RuntimeError("this LoRALinear is not merged; there is nothing to unmerge")
+            warnings.warn("this LoRALinear is not merged; nothing to unmerge", UserWarning, stacklevel=2)
+            return
         self.base.weight -= self.delta_weight()
         self.merged = False
 

@@ -12,21 +12,22 @@ from __future__ import annotations
 import torch
 
 from dlbook._checks import check_int as _check_int
-from dlbook.interpret._checks import _baseline, _check_number, _EvalMode, _prepare, _target_logits
+from dlbook.interpret._checks import _baseline, _Call, _check_number, _EvalMode, _expand, _prepare, _rows, _target_logits
 
 __all__ = [
     "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "ig_weights", "IG_METHODS",
 ]
 
 
-def _target_grad(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _target_grad(call: _Call, x: torch.Tensor, target, rows=None) -> torch.Tensor:
     """grad_x f_t(x) row by row (the rows are independent, so the gradient of the sum), shape of x."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        return torch.autograd.grad(_target_logits(model, x, target).sum(), x)[0]
+        return torch.autograd.grad(_target_logits(call, x, target, rows).sum(), x)[0]
 
 
-def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch.Tensor:
+def saliency(model, x: torch.Tensor, target, *, absolute: bool = False,
+             additional_forward_args=None) -> torch.Tensor:
     """Vanilla gradient saliency: the gradient of the target logit with respect to the input.
 
     .. math::  S(x) = \\nabla_x f_t(x)
@@ -39,6 +40,14 @@ def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch
         x: inputs ``(N, *F)``, floating point.
         target: the explained class, an int or int64 of shape (N,).
         absolute: return ``|grad|`` (Simonyan et al.'s map, and Captum ``Saliency``'s default).
+        additional_forward_args: passed to the model after x, not attributed (Captum's).
+
+    Captum-style calls work in every attribution here: x may be a tuple of tensors with
+    one batch axis (the model's positional inputs; the attribution is then a tuple of
+    their shapes), a 1-D x is N scalars, and ``target`` may also be None (for a model
+    with one output per example, shape (N,)), a list of N class ids, or a tuple of ints
+    indexing an output of shape (N, d1, ..., dk) (a list of N tuples: one per example).
+    Integer inputs have no gradient and raise TypeError (``occlusion`` accepts them).
 
     Returns:
         Attributions of shape ``(N, *F)``.
@@ -46,26 +55,27 @@ def saliency(model, x: torch.Tensor, target, *, absolute: bool = False) -> torch
     Raises:
         ValueError: a target out of [0, C) or of the wrong shape. TypeError: a non-float x.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     with _EvalMode(model):
-        grad = _target_grad(model, x, target)
-    return grad.abs() if absolute else grad
+        grad = _target_grad(call, x0, target)
+    return call.out(grad.abs() if absolute else grad)
 
 
-def input_x_gradient(model, x: torch.Tensor, target) -> torch.Tensor:
+def input_x_gradient(model, x: torch.Tensor, target, *, additional_forward_args=None) -> torch.Tensor:
     """Gradient times input: x * grad_x f_t(x), shape ``(N, *F)``.
 
     For a linear logit f_t(x) = w . x + b this is w_i x_i, each feature's exact share
     of f_t(x) - f_t(0); for a nonlinear model it is the first-order version of that.
     Arguments and errors as in ``saliency``.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     with _EvalMode(model):
-        return x.detach() * _target_grad(model, x, target)
+        return call.out(x0 * _target_grad(call, x0, target))
 
 
 def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float = 0.15,
-               generator: torch.Generator | None = None, *, base=None) -> torch.Tensor:
+               generator: torch.Generator | None = None, *, base=None,
+               additional_forward_args=None) -> torch.Tensor:
     """SmoothGrad: an attribution averaged over noisy copies of the input (Smilkov et al. 2017).
 
     .. math::  \\hat S(x) = \\frac1n \\sum_{k=1}^{n} S(x + \\epsilon_k), \\qquad \\epsilon_k \\sim N(0, \\sigma^2 I)
@@ -87,7 +97,7 @@ def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float
     Returns:
         Attributions of shape ``(N, *F)``.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     n_samples = _check_int("n_samples", n_samples)
     sigma = _check_number("sigma", sigma)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -95,12 +105,16 @@ def smoothgrad(model, x: torch.Tensor, target, n_samples: int = 50, sigma: float
     base = saliency if base is None else base
     if not callable(base):
         raise TypeError(f"base must be an attribution function (model, x, target) -> (N, *F), got {base!r}")
-    n, feat = x.shape[0], tuple(x.shape[1:])
-    device = generator.device if generator is not None else x.device
-    noise = torch.randn((n, n_samples, *feat), generator=generator, device=device, dtype=x.dtype).to(x.device)
-    noisy = (x.detach()[:, None] + sigma * noise).reshape(n * n_samples, *feat)
-    attr = base(model, noisy, target.repeat_interleave(n_samples))
-    return attr.reshape(n, n_samples, *feat).mean(dim=1)
+    n, feat = x0.shape[0], tuple(x0.shape[1:])
+    device = generator.device if generator is not None else x0.device
+    noise = torch.randn((n, n_samples, *feat), generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+    noisy = (x0[:, None] + sigma * noise).reshape(n * n_samples, *feat)
+    rows = _rows(n, n_samples, x0.device)
+    tgt = _expand(target, n_samples)
+    with _EvalMode(model):                # base sees a plain function of the (flat) noisy batch
+        attr = base(lambda z: call(z, rows), noisy, None if tgt is None else tgt if tgt.dim() == 1
+                    else [tuple(t) for t in tgt.tolist()])
+    return call.out(attr.reshape(n, n_samples, *feat).mean(dim=1))
 
 
 #: The integration rules :func:`integrated_gradients` and :func:`ig_weights` accept (Captum's names).
@@ -143,7 +157,7 @@ def ig_weights(steps: int, method: str = "riemann_trapezoid") -> tuple[torch.Ten
 
 def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: int = 50,
                          method: str = "riemann_trapezoid", *, return_error: bool = False,
-                         batch_size: int | None = None):
+                         batch_size: int | None = None, additional_forward_args=None):
     """Integrated gradients (Sundararajan et al. 2017) from a baseline x' to x.
 
     .. math::
@@ -164,6 +178,8 @@ def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: i
         return_error: also return the completeness error, shape (N,).
         batch_size: how many of the N * steps path points go through the model at once
             (default: all).
+        additional_forward_args: as in ``saliency``; for tuple inputs the baseline is a
+            tuple too (or one number for all).
 
     Returns:
         Attributions ``(N, *F)``, or (attributions, error) with ``return_error``.
@@ -172,24 +188,23 @@ def integrated_gradients(model, x: torch.Tensor, target, baseline=None, steps: i
         ValueError: steps < 1, an unknown method, a target out of range, a baseline
             whose shape does not match x.
     """
-    target = _prepare(model, x, target)
+    call, x0, target = _prepare(model, x, target, additional_forward_args)
     alphas, weights = ig_weights(steps, method)
-    x0 = x.detach()
-    base = _baseline(baseline, x0)
+    base = call.flat_like("baseline", baseline, _baseline)
     if batch_size is not None:
         batch_size = _check_int("batch_size", batch_size)
-    n, feat, steps = x.shape[0], tuple(x.shape[1:]), len(alphas)
-    a = alphas.to(device=x.device, dtype=x.dtype).view(1, steps, *[1] * len(feat))
-    w = weights.to(device=x.device, dtype=x.dtype).view(1, steps, *[1] * len(feat))
+    n, feat, steps = x0.shape[0], tuple(x0.shape[1:]), len(alphas)
+    a = alphas.to(device=x0.device, dtype=x0.dtype).view(1, steps, *[1] * len(feat))
+    w = weights.to(device=x0.device, dtype=x0.dtype).view(1, steps, *[1] * len(feat))
     path = (base[:, None] + a * (x0 - base)[:, None]).reshape(n * steps, *feat)       # (N * steps, *F)
-    tgt = target.repeat_interleave(steps)
+    tgt, rows = _expand(target, steps), _rows(n, steps, x0.device)
     chunk = batch_size or n * steps
     with _EvalMode(model):
-        grads = torch.cat([_target_grad(model, path[i:i + chunk], tgt[i:i + chunk])
-                           for i in range(0, n * steps, chunk)])
+        grads = torch.cat([_target_grad(call, path[i:i + chunk], None if tgt is None else tgt[i:i + chunk],
+                                        rows[i:i + chunk]) for i in range(0, n * steps, chunk)])
         attr = (x0 - base) * (w * grads.reshape(n, steps, *feat)).sum(dim=1)
         if not return_error:
-            return attr
+            return call.out(attr)
         with torch.no_grad():
-            gap = _target_logits(model, x0, target) - _target_logits(model, base, target)
-    return attr, attr.flatten(1).sum(1) - gap
+            gap = _target_logits(call, x0, target) - _target_logits(call, base, target)
+    return call.out(attr), attr.reshape(n, -1).sum(1) - gap

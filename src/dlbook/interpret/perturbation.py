@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from dlbook._checks import check_int as _check_int
-from dlbook.interpret._checks import _baseline, _check_model, _EvalMode, _prepare, _target_logits
+from dlbook.interpret._checks import _baseline, _check_model, _EvalMode, _expand, _prepare, _rows, _target_logits
 
 __all__ = [
     "occlusion", "occlusion_masks", "permutation_importance", "Importances", "deletion_curve",
@@ -58,7 +58,7 @@ def occlusion_masks(feature_shape, window, stride=1) -> torch.Tensor:
 
 
 def occlusion(model, x: torch.Tensor, target, window, stride=1, baseline=0.0, *,
-              batch_size: int | None = None) -> torch.Tensor:
+              batch_size: int | None = None, additional_forward_args=None) -> torch.Tensor:
     """Occlusion (Zeiler and Fergus 2014): how much the target logit drops when a patch is hidden.
 
     For each patch P_k (a 0/1 mask from ``occlusion_masks``), replace the patch by the
@@ -77,29 +77,36 @@ def occlusion(model, x: torch.Tensor, target, window, stride=1, baseline=0.0, *,
         stride: the step between patches, same conventions; at most the window.
         baseline: what a hidden patch shows: a number or a tensor of shape ``(*F)`` or ``(N, *F)``.
         batch_size: how many occluded copies go through the model at once (default all).
+        additional_forward_args: as in ``saliency``.
+
+    x may be an integer tensor (token ids, say: no gradient is needed here; the
+    occluded copies keep x's dtype and the baseline is cast to it). A tuple of inputs
+    is refused: the windows slide over one tensor's axes.
 
     Returns:
-        Attributions of shape ``(N, *F)``.
+        Attributions of shape ``(N, *F)`` (floating point).
 
     Raises:
         ValueError: a window larger than the input or a stride larger than the window,
             a target out of range, a baseline whose shape does not match x.
     """
-    target = _prepare(model, x, target)
-    x0 = x.detach()
-    n, feat = x.shape[0], tuple(x.shape[1:])
-    masks = occlusion_masks(feat, window, stride).to(device=x.device, dtype=x.dtype)      # (K, *F)
+    if isinstance(x, tuple):
+        raise TypeError("occlusion takes one input tensor (N, *F): its windows slide over that tensor's axes; "
+                        "occlude each input of a tuple separately")
+    call, x0, target = _prepare(model, x, target, additional_forward_args, floating=False)
+    n, feat = x0.shape[0], tuple(x0.shape[1:])
+    masks = occlusion_masks(feat, window, stride).to(device=x0.device, dtype=torch.bool)  # (K, *F)
     base = _baseline(baseline, x0)
     k = masks.shape[0]
     chunk = _check_int("batch_size", batch_size) if batch_size is not None else n * k
-    hidden = (x0[:, None] * (1 - masks) + base[:, None] * masks).reshape(n * k, *feat)     # (N * K, *F)
-    tgt = target.repeat_interleave(k)
+    hidden = torch.where(masks, base[:, None], x0[:, None]).reshape(n * k, *feat)         # (N * K, *F), x's dtype
+    tgt, rows = _expand(target, k), _rows(n, k, x0.device)
     with _EvalMode(model), torch.no_grad():
-        full = _target_logits(model, x0, target)                                            # (N,)
-        occluded = torch.cat([_target_logits(model, hidden[i:i + chunk], tgt[i:i + chunk])
-                              for i in range(0, n * k, chunk)]).view(n, k)
+        full = _target_logits(call, x0, target)                                             # (N,)
+        occluded = torch.cat([_target_logits(call, hidden[i:i + chunk], None if tgt is None else tgt[i:i + chunk],
+                                             rows[i:i + chunk]) for i in range(0, n * k, chunk)]).view(n, k)
     drop = full[:, None] - occluded                                                         # (N, K)
-    flat = masks.flatten(1)                                                                  # (K, prod F)
+    flat = masks.flatten(1).to(drop.dtype)                                                  # (K, prod F)
     return ((drop @ flat) / flat.sum(0)).view(n, *feat)
 
 
@@ -187,7 +194,11 @@ def deletion_curve(model, x: torch.Tensor, target, attribution: torch.Tensor, ba
         Probabilities of shape (N, K + 1); column 0 is the intact input for deletion
         (the baseline for insertion) and column K the other end.
     """
-    target = _prepare(model, x, target)
+    if isinstance(x, tuple):
+        raise TypeError("deletion_curve takes one input tensor (N, *F) and (N, C) logits")
+    _, x, target = _prepare(model, x, target)
+    if target is None or target.dim() != 1:
+        raise ValueError("deletion_curve needs one class id per example: the curve is a softmax probability")
     if not isinstance(attribution, torch.Tensor) or attribution.shape != x.shape:
         raise ValueError(f"attribution must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(getattr(attribution, 'shape', ()))}")

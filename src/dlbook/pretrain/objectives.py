@@ -34,7 +34,9 @@ def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, special_ids=()
 
     Args:
         ids: (..., T) integer token ids (any leading shape).
-        mask_id: the [MASK] id, in [0, vocab_size) and not in ``special_ids``.
+        mask_id: the [MASK] id, in [0, vocab_size). It may be listed in ``special_ids`` (a
+            tokenizer's ``all_special_ids`` holds it, and Hugging Face users pass that list):
+            listed, a [MASK] already in the input is never selected; never drawn either way.
         vocab_size: V; random replacements are drawn from [0, V) minus specials and mask_id.
         special_ids: ids never selected and never drawn ([PAD], [CLS], [SEP], ...).
         p: selection probability, in (0, 1).
@@ -46,7 +48,7 @@ def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, special_ids=()
         positions only.
 
     Raises:
-        ValueError: p outside (0, 1), mask_id outside the vocabulary or inside ``special_ids``.
+        ValueError: p outside (0, 1), mask_id outside the vocabulary.
     """
     ids = _check_long("ids", ids, (1, 2, 3))
     p = _check_p("p", p)
@@ -54,9 +56,6 @@ def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, special_ids=()
     special = {int(s) for s in special_ids}
     if not 0 <= mask_id < vocab_size:
         raise ValueError(f"mask_id must be in [0, vocab_size={vocab_size}), got {mask_id}")
-    if mask_id in special:
-        raise ValueError(f"mask_id={mask_id} is listed in special_ids; special_ids are the tokens never selected "
-                         "([PAD], [CLS], ...), mask_id is what selected tokens become: keep it out of that list")
     allowed = torch.tensor([i for i in range(vocab_size) if i not in special and i != mask_id], device=ids.device)
     if len(allowed) == 0:
         raise ValueError("no ordinary token left to draw random replacements from")
@@ -88,10 +87,16 @@ def span_corrupt(ids: torch.Tensor, sentinel_ids, p: float = 0.15, mean_span: fl
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """T5's span corruption of one sequence: drop spans, mark each by a sentinel, predict them.
 
-    With N = len(ids): n_noise = max(1, round(p N)) tokens are corrupted, in
+    With N = len(ids): n_noise = min(max(1, round(p N)), N - 1) tokens are corrupted, in
     n_spans = max(1, round(n_noise / mean_span)) spans (so the mean span length is about
-    ``mean_span``). The noise tokens and the kept tokens are each cut into n_spans
+    ``mean_span``). As in T5's ``random_spans_noise_mask`` the two quotients are computed in
+    float32 and rounded half to even (N = 190, p = 0.15: float32 p N is 28.500001, so 29
+    tokens in 10 spans, where float64 would give 28 in 9), and at least one token is
+    corrupted, even for p = 0. The noise tokens and the kept tokens are each cut into n_spans
     non-empty runs at random, and the runs alternate kept, noise, kept, noise, ...
+    (n_spans is also capped at the number of kept tokens, so that no kept run is empty.)
+    A 1-token sequence is one noise span (T5 pads it to 2 and cuts the mask back, which
+    leaves it corrupted or whole at random; an example with nothing to predict is none).
 
     Example (sentinels s0, s1)::
 
@@ -100,28 +105,30 @@ def span_corrupt(ids: torch.Tensor, sentinel_ids, p: float = 0.15, mean_span: fl
         targets = s0 c d s1 g            (each sentinel followed by the span it replaced)
 
     Args:
-        ids: (N,) token ids, N >= max(2, mean_span).
+        ids: (N,) token ids, N >= 1.
         sentinel_ids: distinct sentinel ids, at least n_spans of them.
-        p: fraction of tokens corrupted, in (0, 1); mean_span: mean span length, >= 1.
+        p: fraction of tokens corrupted, in [0, 1); mean_span: mean span length, >= 1.
 
     Returns:
         ``(inputs, targets)``: 1-D int64 tensors of lengths N - n_noise + n_spans and
         n_noise + n_spans. ``span_restore(inputs, targets, sentinel_ids)`` rebuilds ``ids``.
 
     Raises:
-        ValueError: p outside (0, 1), mean_span < 1, a sequence shorter than one span, too few sentinels.
+        ValueError: p outside [0, 1), mean_span < 1, an empty sequence, too few sentinels.
     """
     ids = _check_long("ids", ids, (1,))
-    p = _check_p("p", p)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be a number in [0, 1), got {p!r}")
     if isinstance(mean_span, bool) or not isinstance(mean_span, (int, float)) or mean_span < 1:
         raise ValueError(f"mean_span must be a number >= 1, got {mean_span!r}")
     n = len(ids)
-    if n < max(2, mean_span):
-        raise ValueError(f"the sequence has {n} tokens, shorter than one span (mean_span={mean_span}) plus one "
-                         "kept token; pass longer sequences")
+    if n < 1:
+        raise ValueError("the sequence is empty: there is nothing to corrupt")
     sentinel_ids = [int(s) for s in sentinel_ids]
-    n_noise = min(n - 1, max(1, round(p * n)))
-    n_spans = min(max(1, round(n_noise / mean_span)), n_noise, n - n_noise)
+    f32 = torch.float32
+    n_noise = min(max(1, int(torch.round(torch.tensor(n, dtype=f32) * torch.tensor(p, dtype=f32)))), max(1, n - 1))
+    n_spans = max(1, int(torch.round(torch.tensor(n_noise, dtype=f32) / torch.tensor(mean_span, dtype=f32))))
+    n_spans = min(n_spans, n_noise, max(1, n - n_noise))
     if len(sentinel_ids) < n_spans:
         raise ValueError(f"{n_spans} spans need {n_spans} sentinels, got {len(sentinel_ids)}")
     if len(set(sentinel_ids)) != len(sentinel_ids):

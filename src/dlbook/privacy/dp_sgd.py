@@ -17,6 +17,7 @@ the Poisson-sampled batches the accountant assumes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -80,7 +81,7 @@ def per_example_norms(grads: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
     values = list(grads.values()) if isinstance(grads, Mapping) else list(grads)
     if not values:
         raise ValueError("grads is empty: expected at least one per-example gradient of shape (B, ...)")
-    return torch.sqrt(sum(g.reshape(len(g), -1).pow(2).sum(1) for g in values))
+    return torch.sqrt(sum(g.reshape(len(g), g[0].numel() if len(g) else 0).pow(2).sum(1) for g in values))
 
 
 def _clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -117,7 +118,7 @@ def clip_and_noise(grads: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], m
     factors = _clip_factors(per_example_norms(values), max_norm)
     out = []
     for g in values:
-        s = (factors.to(g.dtype) @ g.reshape(len(g), -1)).reshape(g.shape[1:])
+        s = (factors.to(g.dtype) @ g.reshape(len(g), math.prod(g.shape[1:]))).reshape(g.shape[1:])
         if noise_multiplier > 0:
             s = s + noise_multiplier * max_norm * torch.randn(s.shape, generator=generator, device=s.device,
                                                               dtype=s.dtype)
@@ -141,11 +142,18 @@ def dp_sgd_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.T
         expected_batch_size: q N, the divisor (> 0).
         generator: optional generator for the noise.
 
+    An empty batch (which Poisson sampling draws) takes a noise-only step, as Opacus does.
+
     Returns:
-        The batch's mean loss (a 0-d tensor, detached).
+        The batch's mean loss (a 0-d tensor, detached; nan for an empty batch).
     """
     _check_positive("expected_batch_size", expected_batch_size)
-    grads = per_sample_grads(model, loss_fn, x, y)
+    if len(x) == 0:
+        # an empty Poisson batch: the clipped sum is zero, the step is noise only (as in Opacus)
+        grads = {k: torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                 for k, p in model.named_parameters() if p.requires_grad}
+    else:
+        grads = per_sample_grads(model, loss_fn, x, y)
     noisy = clip_and_noise(grads, max_norm, noise_multiplier, generator)
     named = dict(model.named_parameters())
     for name, g in noisy.items():
@@ -176,79 +184,159 @@ def _gram_norm2(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 class _Layer:
-    """What DPSGD needs from one layer: per-example squared norms, then the clipped sums."""
+    """What DPSGD needs from one layer: per-example squared norms, then the clipped sums.
+
+    ``shared`` names the layer's parameters that other layers use too (tied weights): they are
+    left out of ``norm2`` and ``clipped_sums`` and handled through ``per_example`` instead.
+    """
 
     def __init__(self, module: nn.Module):
         self.module = module
         self.a = None      # the layer's input, detached
         self.g = None      # gradient of the (batch-size-scaled) loss w.r.t. the layer's output
         self.cache = {}
+        self.shared = set()
 
-    # -- per-example squared norms of the layer's parameters' gradients, (B,)
+    def _on(self, pname: str) -> bool:
+        p = getattr(self.module, pname, None)
+        return p is not None and p.requires_grad and pname not in self.shared
+
+    # -- per-example squared norms of the layer's (unshared) parameters' gradients, (B,)
     def norm2(self, scale: float) -> torch.Tensor:
         m, a, g = self.module, self.a, self.g * scale
         self.cache = {"g": g}
+        n2 = torch.zeros(len(g), dtype=g.dtype, device=g.device)
         if isinstance(m, nn.Linear):
             if a.dim() == 2:
-                n2 = a.pow(2).sum(1) * g.pow(2).sum(1) if m.weight.requires_grad else 0
-                if m.bias is not None and m.bias.requires_grad:
+                if self._on("weight"):
+                    n2 = n2 + a.pow(2).sum(1) * g.pow(2).sum(1)
+                if self._on("bias"):
                     n2 = n2 + g.pow(2).sum(1)
                 return n2
             a3, g3 = a.reshape(len(a), -1, a.shape[-1]), g.reshape(len(g), -1, g.shape[-1])
             self.cache.update(a3=a3, g3=g3)
-            n2 = _gram_norm2(a3, g3) if m.weight.requires_grad else 0
-            if m.bias is not None and m.bias.requires_grad:
+            if self._on("weight"):
+                n2 = n2 + _gram_norm2(a3, g3)
+            if self._on("bias"):
                 n2 = n2 + g3.sum(1).pow(2).sum(1)
             return n2
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            cols = self._unfold(a)                                    # (B, C k, L)
-            g3 = g.reshape(len(g), g.shape[1], -1)                    # (B, O, L)
-            psg = torch.bmm(g3, cols.transpose(1, 2))                 # (B, O, C k): per-example weight grads
-            self.cache.update(psg=psg, g3=g3)
-            n2 = psg.pow(2).sum((1, 2)) if m.weight.requires_grad else 0
-            if m.bias is not None and m.bias.requires_grad:
-                n2 = n2 + g3.sum(2).pow(2).sum(1)
+            # The weight gradient of example i is G_i U_i^T per group, with U_i = unfold(a_i), (C k, L),
+            # and G_i its output gradient, (O, L): a linear layer applied at the L positions, so
+            # its squared norm is the Gram identity <U_i^T U_i, G_i^T G_i> (or G_i U_i^T itself,
+            # whichever is cheaper), never (B, O, C k) unless that is the cheaper.
+            b, grp, positions = len(g), m.groups, g[0, 0].numel()
+            g4 = g.reshape(b, grp, -1, positions)                        # (B, G, O, L)
+            self.cache.update(g4=g4)
+            ck, o = m.weight[0].numel(), m.out_channels // grp
+            if self._on("weight") and positions * positions * (ck + o) < positions * ck * o:
+                cols = self._unfold(a)                                     # (B, G, Ck, L)
+                uu = torch.matmul(cols.transpose(2, 3), cols)              # (B, G, L, L)
+                gg = torch.matmul(g4.transpose(2, 3), g4)
+                n2 = n2 + (uu * gg).sum((1, 2, 3))
+            elif self._on("weight"):
+                psg = self._per_example_weight()                           # (B, *weight.shape)
+                self.cache.update(psg=psg)
+                n2 = n2 + psg.reshape(b, -1).pow(2).sum(1)
+            if self._on("bias"):
+                n2 = n2 + g4.sum(3).pow(2).sum((1, 2))
             return n2
         if isinstance(m, nn.LayerNorm):
             xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
             lead = tuple(range(1, a.dim() - len(m.normalized_shape)))
             gw = (g * xhat).sum(lead) if lead else g * xhat          # (B, *normalized_shape)
             gb = g.sum(lead) if lead else g
-            return self._affine(gw, gb)
+            return n2 + self._affine(gw, gb)
         if isinstance(m, nn.GroupNorm):
             xhat = F.group_norm(a, m.num_groups, eps=m.eps)
             dims = tuple(range(2, a.dim()))            # spatial axes; none for (B, C) inputs
             if not dims:                               # (sum over an empty tuple would sum over everything)
-                return self._affine(g * xhat, g)
-            return self._affine((g * xhat).sum(dims), g.sum(dims))
+                return n2 + self._affine(g * xhat, g)
+            return n2 + self._affine((g * xhat).sum(dims), g.sum(dims))
         if isinstance(m, nn.Embedding):
             ids = a.reshape(len(a), -1)                               # (B, T)
             g3 = g.reshape(len(g), ids.shape[1], -1)                  # (B, T, D)
-            same = (ids[:, :, None] == ids[:, None, :]).to(g3.dtype)  # tokens that share a row of the table
             self.cache.update(ids=ids, g3=g3)
-            return (same * torch.bmm(g3, g3.transpose(1, 2))).sum((1, 2))
+            if self._on("weight"):
+                same = (ids[:, :, None] == ids[:, None, :]).to(g3.dtype)  # tokens that share a row of the table
+                n2 = n2 + (same * torch.bmm(g3, g3.transpose(1, 2))).sum((1, 2))
+            return n2
         raise TypeError(f"DPSGD does not support {type(m).__name__}")
 
     def _affine(self, gw, gb):
-        m = self.module
         self.cache.update(gw=gw, gb=gb)
         n2 = 0
-        if m.weight is not None and m.weight.requires_grad:
+        if self._on("weight"):
             n2 = n2 + gw.reshape(len(gw), -1).pow(2).sum(1)
-        if m.bias is not None and m.bias.requires_grad:
+        if self._on("bias"):
             n2 = n2 + gb.reshape(len(gb), -1).pow(2).sum(1)
         return n2
 
-    def _unfold(self, a):
-        m = self.module
-        if isinstance(m, nn.Conv1d):
-            a = a.unsqueeze(-2)
-            k, d, p, s = (1, m.kernel_size[0]), (1, m.dilation[0]), (0, m.padding[0]), (1, m.stride[0])
+    def _padded(self):
+        """The layer's input padded as the convolution pads it, and the padding still to apply (0 if done)."""
+        m, a = self.module, self.a
+        if m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            return a, m.padding                                        # symmetric: the kernels pad for free
+        if m.padding == "same":       # (stride 1) torch puts the odd extra pad on the right
+            pads = [(dd * (kk - 1) // 2, dd * (kk - 1) - dd * (kk - 1) // 2) for kk, dd in zip(m.kernel_size, m.dilation)]
+        elif m.padding == "valid":
+            pads = [(0, 0)] * len(m.kernel_size)
         else:
-            k, d, p, s = m.kernel_size, m.dilation, m.padding, m.stride
-        return F.unfold(a, k, dilation=d, padding=p, stride=s)
+            pads = [(p, p) for p in m.padding]
+        flat = [q for pair in reversed(pads) for q in pair]          # F.pad's order: last axis first
+        if any(flat):
+            a = F.pad(a, flat, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
+        return a, 0
 
-    # -- sum_i c_i g_i for each parameter
+    def _weight_grad(self, g, batch_groups: int):
+        """The conv's weight gradient for output gradient g; with the batch as ``batch_groups`` groups
+        (the input seen as one example of B C channels) it is every example's own, (B O, C/G, *k)."""
+        m = self.module
+        a, pad = self._padded()
+        b = len(a)
+        if batch_groups > 1:
+            a, g = a.reshape(1, -1, *a.shape[2:]), g.reshape(1, -1, *g.shape[2:])
+        conv_weight = torch.nn.grad.conv1d_weight if isinstance(m, nn.Conv1d) else torch.nn.grad.conv2d_weight
+        shape = (m.weight.shape[0] * (b if batch_groups > 1 else 1), *m.weight.shape[1:])
+        return conv_weight(a, shape, g, m.stride, pad, m.dilation, m.groups * (b if batch_groups > 1 else 1))
+
+    def _per_example_weight(self):
+        """(B, *weight.shape): each example's weight gradient, one grouped weight-gradient convolution."""
+        g = self.cache["g"]
+        return self._weight_grad(g, len(g)).view(len(g), *self.module.weight.shape)
+
+    def _unfold(self, a):
+        """(B, C, *spatial) -> (B, groups, C/groups * prod(kernel), L): each output position's receptive field."""
+        m = self.module
+        a, pad = self._padded()
+        pad = (pad,) * len(m.kernel_size) if isinstance(pad, int) else pad
+        k, d, s = m.kernel_size, m.dilation, m.stride
+        if isinstance(m, nn.Conv1d):
+            a, k, d, s, pad = a.unsqueeze(-2), (1, k[0]), (1, d[0]), (1, s[0]), (0, pad[0])
+        cols = F.unfold(a, k, dilation=d, padding=pad, stride=s)      # (B, C k, L)
+        return cols.view(len(a), m.groups, -1, cols.shape[-1])
+
+    # -- per-example gradients (B, *param.shape), for a parameter shared with other layers
+    def per_example(self, pname: str) -> torch.Tensor:
+        m, a, cache = self.module, self.a, self.cache
+        g = cache["g"]
+        if isinstance(m, nn.Linear):
+            if a.dim() == 2:
+                return g[:, :, None] * a[:, None, :] if pname == "weight" else g
+            return torch.bmm(cache["g3"].transpose(1, 2), cache["a3"]) if pname == "weight" else cache["g3"].sum(1)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            if pname == "bias":
+                return cache["g4"].sum(3).flatten(1)
+            return cache["psg"] if "psg" in cache else self._per_example_weight()
+        if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+            return cache["gw" if pname == "weight" else "gb"]
+        ids, g3 = cache["ids"], cache["g3"]                            # Embedding
+        b, v = len(ids), m.weight.shape[0]
+        rows = (ids + v * torch.arange(b, device=ids.device)[:, None]).reshape(-1)
+        out = torch.zeros(b * v, g3.shape[-1], dtype=g3.dtype, device=g3.device)
+        return out.index_add_(0, rows, g3.reshape(-1, g3.shape[-1])).view(b, v, -1)
+
+    # -- sum_i c_i g_i for each (unshared) parameter
     def clipped_sums(self, c: torch.Tensor) -> dict:
         m, a, cache = self.module, self.a, self.cache
         g = cache["g"]
@@ -256,24 +344,27 @@ class _Layer:
         if isinstance(m, nn.Linear):
             if a.dim() == 2:
                 gc = g * c[:, None]
-                out["weight"], out["bias"] = gc.t() @ a, gc.sum(0)
+                out["weight"], out["bias"] = (lambda: gc.t() @ a), (lambda: gc.sum(0))
             else:
                 a3, g3 = cache["a3"], cache["g3"]
                 gc = g3 * c[:, None, None]
-                out["weight"] = torch.einsum("bto,bti->oi", gc, a3)
-                out["bias"] = gc.sum((0, 1))
+                out["weight"] = lambda: torch.einsum("bto,bti->oi", gc, a3)
+                out["bias"] = lambda: gc.sum((0, 1))
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            psg = cache["psg"]                                        # (B, O, C k): one vector-matrix product
-            out["weight"] = (c @ psg.reshape(len(psg), -1)).reshape(m.weight.shape)
-            out["bias"] = c @ cache["g3"].sum(2)
+            g4 = cache["g4"]                                           # (B, G, O, L)
+            if "psg" in cache:                                         # one (B,) x (B, O C k) product
+                out["weight"] = lambda: (c @ cache["psg"].reshape(len(c), -1)).reshape(m.weight.shape)
+            else:                                                      # the ordinary weight gradient of c_i g_i
+                out["weight"] = lambda: self._weight_grad(g * c.view(-1, *[1] * (g.dim() - 1)), 1)
+            out["bias"] = lambda: (c @ g4.sum(3).reshape(len(c), -1))
         elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
             gw, gb = cache["gw"], cache["gb"]
-            out["weight"] = (c @ gw.reshape(len(gw), -1)).reshape(gw.shape[1:])
-            out["bias"] = (c @ gb.reshape(len(gb), -1)).reshape(gb.shape[1:])
+            out["weight"] = lambda: (c @ gw.reshape(len(gw), -1)).reshape(gw.shape[1:])
+            out["bias"] = lambda: (c @ gb.reshape(len(gb), -1)).reshape(gb.shape[1:])
         elif isinstance(m, nn.Embedding):
             gc = (cache["g3"] * c[:, None, None]).reshape(-1, cache["g3"].shape[-1])
-            out["weight"] = torch.zeros_like(m.weight).index_add_(0, cache["ids"].reshape(-1), gc)
-        return {k: v for k, v in out.items() if getattr(m, k, None) is not None and getattr(m, k).requires_grad}
+            out["weight"] = lambda: torch.zeros_like(m.weight).index_add_(0, cache["ids"].reshape(-1), gc)
+        return {k: f() for k, f in out.items() if self._on(k)}
 
 
 class DPSGD(torch.optim.SGD):
@@ -288,9 +379,16 @@ class DPSGD(torch.optim.SGD):
     With the clipping factors :math:`c_i = \\min(1, C/(\\lVert g_i\\rVert + 10^{-6}))` the clipped sum
     of a linear layer is one matrix product :math:`(c \\odot G)^\\top A`. Noise N(0, sigma^2 C^2) is
     added and the sum divided by ``expected_batch_size``; then an ordinary SGD (momentum,
-    weight decay) step follows. Supported layers: Linear, Conv1d, Conv2d (groups=1, zero padding),
-    LayerNorm, GroupNorm, Embedding; a model with any other layer that has trainable parameters, or
-    with a parameter shared between layers, is refused (use ``dp_sgd_step`` there).
+    weight decay) step follows. Supported layers: Linear, Conv1d, Conv2d (any groups, padding
+    and padding mode), LayerNorm, GroupNorm, Embedding; a model with any other layer that has
+    trainable parameters is refused (use ``dp_sgd_step`` there). A convolution is a linear layer
+    applied at L positions to the unfolded input U_i (C k, L), so its per-example norm is the same
+    Gram identity, :math:`\langle U_i^\top U_i, G_i^\top G_i\rangle`, and its clipped sum one
+    product; DPSGD forms the (B, O, C k) per-example gradients only where that is the cheaper.
+    A parameter shared by several layers (tied weights, as the embedding and output head of
+    ``dlbook.transformer.GPT``) gets the sum of its layers' per-example contributions, which are
+    formed explicitly for that parameter only. An empty batch (Poisson sampling draws them) takes
+    a noise-only step, as Opacus does.
 
     The loss must be the *mean* over the batch (as in ``fit``); the drawn batch size is multiplied
     back, so that each g_i is the gradient of example i's own loss. Batches should come from
@@ -321,26 +419,28 @@ class DPSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.layers: list[_Layer] = []
         self._hooks = []
-        owner: dict[int, str] = {}
+        owner: dict[int, list] = {}           # id(parameter) -> [(layer, its name there), ...]
         for name, m in model.named_modules():
-            own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+            own = [(k, p) for k, p in m.named_parameters(recurse=False) if p.requires_grad]
             if not own:
                 continue
             if not isinstance(m, _SUPPORTED):
                 raise TypeError(f"DPSGD computes per-example norms for {', '.join(t.__name__ for t in _SUPPORTED)}; "
                                 f"layer {name!r} is a {type(m).__name__} with trainable parameters "
                                 "(use dp_sgd_step, which works on any model, or freeze it)")
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)) and (m.groups != 1 or m.padding_mode != "zeros"
-                                                          or isinstance(m.padding, str)):
-                raise TypeError(f"DPSGD supports convolutions with groups=1 and numeric zero padding; {name!r} is {m}")
-            for p in own:
-                if id(p) in owner:
-                    raise TypeError(f"parameter shared by {owner[id(p)]!r} and {name!r} (tied weights): per-example "
-                                    "norms would not add up; untie it or use dp_sgd_step")
-                owner[id(p)] = name
             layer = _Layer(m)
+            for k, p in own:
+                owner.setdefault(id(p), []).append((layer, k))
             self.layers.append(layer)
             self._hooks.append(m.register_forward_hook(self._make_hook(layer)))
+        # A tied parameter (GPT's embedding and output head): example i's gradient is the sum of
+        # every layer's contribution, and the norm of a sum is not found from the parts' norms,
+        # so those per-example gradients are formed (B, *shape) and added.
+        named = {id(p): p for p in params}
+        self._shared = [(named[i], uses) for i, uses in owner.items() if len(uses) > 1]
+        for _, uses in self._shared:
+            for layer, k in uses:
+                layer.shared.add(k)
         if len(owner) != len(params):
             raise TypeError("some trainable parameters belong to no layer DPSGD supports "
                             "(a bare nn.Parameter in a custom module?); use dp_sgd_step")
@@ -373,21 +473,44 @@ class DPSGD(torch.optim.SGD):
         if not live:
             raise RuntimeError("DPSGD.step() needs a forward pass in train mode and loss.backward() first")
         batch = len(live[0].g)
-        total = sum(layer.norm2(float(batch)) for layer in live)
-        norms = torch.sqrt(total)
-        c = _clip_factors(norms, self.max_norm)
-        for layer in self.layers:
-            if layer.g is None:   # a layer the loss did not reach: its clipped gradient is zero
-                for p in layer.module.parameters(recurse=False):
-                    if p.requires_grad:
-                        p.grad = torch.zeros_like(p)
-                continue
-            for pname, s in layer.clipped_sums(c.to(layer.g.dtype)).items():
-                p = getattr(layer.module, pname)
+        for layer in live:
+            if layer.g.dim() == 0 or len(layer.g) != batch or len(layer.a) != batch:
+                raise RuntimeError(f"the output of {layer.module} has no batch axis of size {batch} (shape "
+                                   f"{tuple(layer.g.shape)}): it is broadcast over the batch, so the examples' "
+                                   "gradients cannot be told apart; call the layer on a (B, ...) input")
+        sums = {}                                     # id(parameter) -> sum_i c_i g_i
+        if batch == 0:
+            # Poisson sampling draws empty batches; the clipped sum is then zero and the step is
+            # noise only (as Opacus's), so that the privacy analysis, which counts every step, holds.
+            norms = torch.zeros(0, device=live[0].g.device, dtype=live[0].g.dtype)
+        else:
+            total = sum(layer.norm2(float(batch)) for layer in live)
+            tied = []
+            for p, uses in self._shared:
+                parts = [layer.per_example(k) for layer, k in uses if layer.g is not None]
+                if parts:
+                    pe = sum(parts).reshape(batch, -1)
+                    total = total + pe.pow(2).sum(1)
+                    tied.append((p, pe))
+            norms = torch.sqrt(total)
+            c = _clip_factors(norms, self.max_norm)
+            for layer in live:
+                for pname, s in layer.clipped_sums(c.to(layer.g.dtype)).items():
+                    sums[id(getattr(layer.module, pname))] = s
+            for p, pe in tied:
+                sums[id(p)] = (c.to(pe.dtype) @ pe).reshape(p.shape)
+        reached = {id(p) for layer in live for p in layer.module.parameters(recurse=False)}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in reached:   # a layer the loss did not reach: its clipped gradient is zero
+                    p.grad = torch.zeros_like(p)
+                    continue
+                s = sums.get(id(p), torch.zeros_like(p))
                 if self.noise_multiplier > 0:
                     s = s + self.noise_multiplier * self.max_norm * torch.randn(
                         s.shape, generator=self.generator, device=s.device, dtype=s.dtype)
                 p.grad = (s / self.expected_batch_size).to(p.dtype)
+        for layer in self.layers:
             layer.g = layer.a = None
             layer.cache = {}
         self.last_norms = norms

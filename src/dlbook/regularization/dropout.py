@@ -16,7 +16,8 @@ __all__ = [
 ]
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float, training: bool = True, generator: torch.Generator | None = None, *,
+            inplace: bool = False) -> torch.Tensor:
     """Inverted dropout: zero each entry with probability p, scale the survivors by 1 / (1 - p).
 
     In training, y = m * x / (1 - p) with m ~ Bernoulli(1 - p) drawn independently
@@ -26,21 +27,27 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, generator: torch.G
 
     Args:
         x: any shape, floating point.
-        p: drop probability in [0, 1).
+        p: drop probability in [0, 1]. p = 1 drops everything and returns x * 0 (as torch: there
+            is nothing to rescale, and no random numbers are drawn).
         training: apply dropout (True) or return x unchanged (False).
         generator: optional ``torch.Generator`` for the mask (on x's device, or on
             the CPU: the mask is then moved to x's device).
+        inplace: write the result into x (as ``F.dropout(..., inplace=True)``) and return x.
 
     Returns:
         A tensor of x's shape.
     """
     _tensor("x", x)
-    p = _probability("p", p)
+    p = _probability("p", p, closed_right=True)
     if not training or p == 0.0:
         return x
+    if p == 1.0:
+        return x.mul_(0.0) if inplace else x * 0.0
     where = generator.device if generator is not None else x.device
     u = torch.rand(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
     keep = u >= p                                     # P(keep) = 1 - p
+    if inplace:
+        return x.mul_(keep).div_(1.0 - p)
     return x * keep / (1.0 - p)
 
 
@@ -48,18 +55,20 @@ class Dropout(nn.Module):
     """Inverted dropout as a layer: :func:`dropout` in ``train()`` mode, the identity in ``eval()``.
 
     Args:
-        p: drop probability in [0, 1) (``torch.nn.Dropout``'s convention; the dropout
+        p: drop probability in [0, 1] (``torch.nn.Dropout``'s convention; the dropout
             paper's p is the keep probability 1 - p).
+        inplace: overwrite the input (as ``torch.nn.Dropout(inplace=True)``).
 
     Shape: input of any shape -> output of the same shape.
     """
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
-        self.p = _probability("p", p)
+        self.p = _probability("p", p, closed_right=True)
+        self.inplace = bool(inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
+        return dropout(x, self.p, self.training, inplace=self.inplace)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}" if self.inplace else f"p={self.p}"

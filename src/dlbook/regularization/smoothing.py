@@ -46,15 +46,30 @@ def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: floa
     probability targets (mixup's soft labels) alike; ``eps=0`` is plain cross-entropy.
 
     Args:
-        logits: (N, K). target: class ids (N,) or probability rows (N, K). eps: in [0, 1).
+        logits: (N, K), or (N, K, d1, ..., dm) for K-way predictions at every position (as
+            ``F.cross_entropy``: the class axis is axis 1). target: class ids (N,) (or
+            (N, d1, ..., dm)) or probability rows of the logits' shape. eps: in [0, 1).
 
     Returns:
-        A 0-d tensor.
+        A 0-d tensor: the mean over the N (N d1 ... dm) predictions.
     """
     _tensor("logits", logits)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (N, K), got {tuple(logits.shape)}")
+    if logits.dim() < 2:
+        raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got {tuple(logits.shape)}")
     _tensor("target", target, floating=False)
+    if logits.dim() > 2:                      # positions become rows: (N d1 ... dm, K)
+        k = logits.shape[1]
+        if target.is_floating_point():
+            if target.shape != logits.shape:
+                raise ValueError(f"probability targets must have the logits' shape {tuple(logits.shape)}, "
+                                 f"got {tuple(target.shape)}")
+            target = target.movedim(1, -1).reshape(-1, k)
+        elif target.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ValueError(f"class ids must have shape (N, d1, ...) = {(logits.shape[0], *logits.shape[2:])} "
+                             f"for logits of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+        else:
+            target = target.reshape(-1)
+        logits = logits.movedim(1, -1).reshape(-1, k)
     if not target.is_floating_point():
         _class_ids("target", target, logits.shape[0], logits.shape[1])
     elif target.shape != logits.shape:
