@@ -46,6 +46,8 @@ MODULES: dict[str, tuple[str, str]] = {
     "transformer": ("Attention, the Transformer block and a GPT in one file.", "chapters/03_transformers/02_attention"),
     "pretrain": ("Self-supervised objectives, an MLM encoder and transfer.", "chapters/04_pretraining/index"),
     "finetune": ("LoRA, adapters, prefix and prompt tuning, preference losses.", "chapters/04_pretraining/index"),
+    "weights": ("Trained weights that ship with dlbook, for models a notebook cannot train within its budget.",
+                "chapters/04_pretraining/01_transfer"),
     "regularization": ("Dropout, penalties, early stopping, smoothing, mixup, calibration.",
                        "chapters/05_regularization/index"),
     "compression": ("Size and latency, pruning, distillation and quantization.", "chapters/06_compression/index"),

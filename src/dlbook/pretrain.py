@@ -196,6 +196,12 @@ _EXTRA_MODULES = ("abc", "argparse", "ast", "asyncio", "base64", "calendar", "da
 """Modules whose docstrings join the unlabelled pretraining text (none is in the downstream task)."""
 
 
+def _own_doc(obj) -> bool:
+    """False for a data value (a list, an enum member) whose docstring is only its type's: such values
+    come and go with what else was imported (pytest adds a list to ``argparse.Namespace``)."""
+    return isinstance(obj, type) or getattr(obj, "__doc__", None) != getattr(type(obj), "__doc__", None)
+
+
 def module_docstrings(name: str, min_length: int = 100, methods: bool = True) -> list[str]:
     """Distinct docstrings (``inspect.getdoc``) of a module's own functions and classes and, with
     ``methods``, of the classes' methods, of at least ``min_length`` characters, in a stable order."""
@@ -206,8 +212,10 @@ def module_docstrings(name: str, min_length: int = 100, methods: bool = True) ->
         # submodules are skipped: which of them are attributes depends on what else was imported
         if obj is None or inspect.ismodule(obj) or getattr(obj, "__module__", None) not in (name, f"_{name}", None):
             continue
-        members = [obj] + ([v for _, v in sorted(vars(obj).items()) if not isinstance(v, (str, int, float))]
-                           if methods and isinstance(obj, type) else [])
+        if not _own_doc(obj):
+            continue
+        members = [obj] + ([v for _, v in sorted(vars(obj).items()) if not isinstance(v, (str, int, float))
+                            and _own_doc(v)] if methods and isinstance(obj, type) else [])
         for member in members:
             doc = inspect.getdoc(member)
             if doc and len(doc) >= min_length:
@@ -821,7 +829,10 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
                cache: bool = True, root: str | Path | None = None, verbose: bool = True):
     """Pretrain a model on ``pretraining_text(docstring_task())`` once and cache its weights.
 
-    The file lives in ``root`` (default ``dlbook.data.cache_dir() / "pretrain"``), named by a hash
+    The models chapter 4 uses ship with dlbook (``dlbook.weights.RECIPES``): with ``cache`` and
+    those arguments, the shipped float16 weights are loaded (``info["shipped"]``), provided this Python
+    builds the very pretraining text they were trained on; otherwise the model is trained here.
+    Any other model's file lives in ``root`` (default ``dlbook.data.cache_dir() / "pretrain"``), named by a hash
     of every argument and the running torch version; when it is missing it is re-created
     (deterministically, on the CPU, one thread-count independent seed) and written to a
     temporary file that is then renamed, so two processes doing this at once never read a
@@ -833,19 +844,27 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
     """
     import time
 
+    from dlbook import weights
+
     config = dict(objective=objective, steps=steps, block_size=block_size, n_layer=n_layer, n_embd=n_embd,
                   batch_size=batch_size, lr=lr, level=level, seed=seed, torch=torch.__version__.split("+")[0], v=2)
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(root) if root is not None else cache_dir() / "pretrain"
     path = folder / f"{objective}-{key}.pt"
     task = docstring_task()
+    if cache and (name := weights.recipe_for(config)) is not None:
+        shipped = weights.load(name, pretraining_text(task))
+        if shipped is not None:
+            model, tok, info = shipped
+            return model, tok, {**info, "seconds": 0.0, "cached": True, "shipped": True}
     if cache and path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             tok = PretrainTokenizer.from_state_dict(state["tokenizer"])
             model = build_model(objective, tok.vocab_size, block_size, n_layer, 4, n_embd)
             model.load_state_dict(state["model"])
-            return model.eval(), tok, {"losses": state["losses"], "seconds": 0.0, "cached": True, "path": path}
+            return model.eval(), tok, {"losses": state["losses"], "seconds": 0.0, "cached": True, "path": path,
+                                       "shipped": False}
         except Exception:  # noqa: BLE001 - a corrupt or stale file is simply re-created
             pass
     text = pretraining_text(task)
@@ -866,4 +885,4 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
         torch.save({"model": model.state_dict(), "tokenizer": tok.state_dict(), "losses": losses,
                     "config": config}, tmp)
         os.replace(tmp, path)
-    return model.eval(), tok, {"losses": losses, "seconds": seconds, "cached": False, "path": path}
+    return model.eval(), tok, {"losses": losses, "seconds": seconds, "cached": False, "path": path, "shipped": False}
