@@ -3,6 +3,7 @@
 #   make test   set up .venv, then run every test (unit, notebooks, site build, browser, Colab-shaped
 #               notebooks, benchmarks in quick mode)
 #   make colab  every notebook in the Colab-shaped venv .venv-colab (requirements/colab.txt)
+#   make portability  every notebook under three CPU kernel paths (native, avx2, default), compared
 # Everything is installed by these targets; nothing is installed by hand.
 
 SHELL := /bin/bash
@@ -16,12 +17,13 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env -n 2 --dist loadfile
 NOTEBOOKS := chapters exercises
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup book test unit notebooks execute site browser colab benchmarks timings clean constraints student-versions
+.PHONY: help setup book test unit notebooks execute site browser colab benchmarks timings clean constraints student-versions portability
 
 help:
 	@echo "make book   build the website into _build/html (sets everything up first)"
 	@echo "make test   run every test: unit, notebooks, site build, browser check, Colab-shaped notebooks, benchmarks"
 	@echo "make colab  run every notebook in the Colab-shaped venv (requirements/colab.txt)"
+	@echo "make portability  run every notebook under the native, avx2 and default CPU kernel paths and compare"
 
 setup: $(STAMP)
 
@@ -58,6 +60,11 @@ site: $(STAMP)
 # .venv-colab is built by tools/colab.py, keyed on requirements/colab.txt (and reset before each run).
 colab: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) tools/colab.py
+
+# Every notebook and exercise set under three CPU kernel paths, with a table of what prints differently
+# (_build/portability/report.md). Run it before changing a claim; NB="path ..." limits it to some notebooks.
+portability: $(STAMP)
+	$(PY) tools/portability.py $(NB)
 
 benchmarks: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done

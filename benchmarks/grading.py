@@ -13,7 +13,12 @@ jobs: submissions per minute (wall clock) and CPU seconds per submission (user +
 processes, from ``RUSAGE_CHILDREN``). Printed, not asserted: the machine is shared, so compare figures taken
 in one sitting.
 
-    python benchmarks/grading.py [--copies 4] [--sets 00_preliminaries ...] [--jobs 1 2]
+Before and after: with ``--baseline REF`` (default ``b8f05e9``, the grader before issue 25's hardening: no
+control groups, seccomp filter or keyring) the same runs are repeated, interleaved with this checkout's, by the
+grading code of commit REF (its ``src/``, from ``git archive``), and a last table gives after / before per
+submission. ``--baseline none`` skips it; so does ``--quick`` unless a baseline is named.
+
+    python benchmarks/grading.py [--copies 4] [--sets 00_preliminaries ...] [--jobs 1 2] [--baseline REF]
     python benchmarks/grading.py --quick        # one set, 1 copy each, jobs 1: a few seconds (CI smoke run)
 """
 
@@ -21,15 +26,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+# --src DIR (used for the baseline): grade with the dlbook package in DIR instead of this checkout's
+SRC = Path(sys.argv[sys.argv.index("--src") + 1]) if "--src" in sys.argv else ROOT / "src"
+sys.path.insert(0, str(SRC))
 
 from dlbook.grading.batch import grade_submissions, load_tests  # noqa: E402
 from dlbook.grading.student import read_notebook, student_notebook  # noqa: E402
@@ -76,34 +85,94 @@ def grade_once(set_id: str, folder: Path, copies: int, jobs: int, tests, hidden)
     return wall, cpu, grades
 
 
+def measure(sets: list[str], copies: int, jobs_list: list[int]) -> dict:
+    """{"set jobs": [wall s, cpu s, submissions, grades summary]} for each set and jobs."""
+    rows = {}
+    for set_id in sets:
+        tests, hidden = load_tests(set_id)
+        for jobs in jobs_list:
+            with tempfile.TemporaryDirectory(prefix="dlbook-bench-") as tmp:
+                wall, cpu, grades = grade_once(set_id, Path(tmp), copies, jobs, tests, hidden)
+            scores = sorted({f"{g.total:g}/{g.max_total:g} {g.status}" for g in grades})
+            rows[f"{set_id} {jobs}"] = [wall, cpu, len(grades), "; ".join(scores)]
+    return rows
+
+
+def print_table(title: str, rows: dict) -> None:
+    print(title)
+    print(f"{'set':<20} {'jobs':>4} {'subs':>5} {'wall s':>8} {'subs/min':>9} {'cpu s/sub':>10}  grades")
+    totals: dict[str, list[float]] = {}
+    for key, (wall, cpu, n, scores) in rows.items():
+        set_id, jobs = key.split()
+        print(f"{set_id:<20} {jobs:>4} {n:>5} {wall:>8.2f} {60 * n / wall:>9.1f} {cpu / n:>10.2f}  {scores}")
+        total = totals.setdefault(jobs, [0.0, 0.0, 0])
+        total[0], total[1], total[2] = total[0] + wall, total[1] + cpu, total[2] + n
+    for jobs, (wall, cpu, n) in sorted(totals.items()):
+        print(f"{'all sets':<20} {jobs:>4} {n:>5} {wall:>8.2f} {60 * n / wall:>9.1f} {cpu / n:>10.2f}")
+
+
+def baseline_rows(ref: str, sets: list[str], copies: int, jobs_list: list[int]) -> dict | None:
+    """The same measurement by the grading code of commit ``ref`` (None, said on stdout, where git cannot give it)."""
+    with tempfile.TemporaryDirectory(prefix="dlbook-bench-base-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True)
+        if archive.returncode != 0:
+            print(f"baseline {ref}: not available ({archive.stderr.decode(errors='replace').strip()[:200]})")
+            return None
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        out = Path(tmp) / "rows.json"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(tmp) / "src"),
+                                                           *filter(None, [os.environ.get("PYTHONPATH")])]))
+        cmd = [sys.executable, __file__, "--src", str(Path(tmp) / "src"), "--rows-to", str(out), "--baseline", "none",
+               "--copies", str(copies), "--sets", *sets, "--jobs", *map(str, jobs_list)]
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=4, help="copies of each of the two submissions per set")
     parser.add_argument("--sets", nargs="*", default=None, help="set ids (default: every set)")
     parser.add_argument("--jobs", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--quick", action="store_true", help="one set, one copy each, --jobs 1 (a smoke run)")
+    parser.add_argument("--baseline", default=None,
+                        help="a commit whose grader to compare with (default b8f05e9; 'none' for no comparison)")
+    parser.add_argument("--src", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rows-to", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sets = args.sets or sorted(p.stem for p in (ROOT / "exercises" / "_source").glob("*.ipynb"))
     copies, jobs_list = args.copies, args.jobs
     if args.quick:
         sets, copies, jobs_list = sets[:1], 1, [1]
-    print(f"{'set':<20} {'jobs':>4} {'subs':>5} {'wall s':>8} {'subs/min':>9} {'cpu s/sub':>10}  grades")
-    totals: dict[int, list[float]] = {}
-    for set_id in sets:
-        tests, hidden = load_tests(set_id)
-        for jobs in jobs_list:
-            with tempfile.TemporaryDirectory(prefix="dlbook-bench-") as tmp:
-                wall, cpu, grades = grade_once(set_id, Path(tmp), copies, jobs, tests, hidden)
-            n = len(grades)
-            totals.setdefault(jobs, [0.0, 0.0, 0])
-            totals[jobs][0] += wall
-            totals[jobs][1] += cpu
-            totals[jobs][2] += n
-            scores = sorted({f"{g.total:g}/{g.max_total:g} {g.status}" for g in grades})
-            print(f"{set_id:<20} {jobs:>4} {n:>5} {wall:>8.2f} {60 * n / wall:>9.1f} {cpu / n:>10.2f}  "
-                  + "; ".join(scores))
-    for jobs, (wall, cpu, n) in sorted(totals.items()):
-        print(f"{'all sets':<20} {jobs:>4} {n:>5} {wall:>8.2f} {60 * n / wall:>9.1f} {cpu / n:>10.2f}")
+    baseline = args.baseline or ("none" if args.quick else "b8f05e9")
+    if args.rows_to:  # the baseline's half of a comparison
+        Path(args.rows_to).write_text(json.dumps(measure(sets, copies, jobs_list)))
+        return 0
+    before = None
+    if baseline != "none":  # interleaved: the baseline set by set, then this checkout, so load drifts hit both
+        before, after = {}, {}
+        for set_id in sets:
+            rows = baseline_rows(baseline, [set_id], copies, jobs_list)
+            if rows is None:
+                before = None
+                break
+            before.update(rows)
+            after.update(measure([set_id], copies, jobs_list))
+        if before is None:
+            after = measure(sets, copies, jobs_list)
+    else:
+        after = measure(sets, copies, jobs_list)
+    print_table("this checkout", after)
+    if before:
+        print()
+        print_table(f"baseline {baseline}", before)
+        print()
+        print(f"{'set':<20} {'jobs':>4} {'wall/sub after/before':>22} {'cpu/sub after/before':>21}")
+        for key in after:
+            set_id, jobs = key.split()
+            (wa, ca, na, _), (wb, cb, nb, _) = after[key], before[key]
+            print(f"{set_id:<20} {jobs:>4} {(wa / na) / (wb / nb):>22.2f} {(ca / na) / (cb / nb):>21.2f}")
+        total = [sum(r[i] for r in after.values()) / sum(r[i] for r in before.values()) for i in (0, 1)]
+        print(f"{'all sets':<20} {'':>4} {total[0]:>22.2f} {total[1]:>21.2f}")
     return 0
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from sphinx.pycode import ModuleAnalyzer
 
-from tools.api_pages import API, MODULES, ROOT, public_modules
+from tools.api_pages import API, MODULES, ROOT, is_split_package, public_modules, submodules
 
 PUBLIC = public_modules()
 
@@ -42,7 +42,23 @@ def _has_own_doc(obj) -> bool:
     return bool(doc.strip())
 
 
-@pytest.mark.parametrize("short", PUBLIC)
+def test_a_split_package_exports_exactly_its_modules_public_names():
+    """dlbook.privacy (and every package split into modules) re-exports each public name of its public modules, and
+    nothing else: `from dlbook.privacy import DPSGD` works, and every name has one entry, on its module's page."""
+    packages = [short for short in PUBLIC if is_split_package(short)]
+    assert {"privacy", "interpret", "pretrain", "regularization", "compression", "finetune"} <= set(packages)
+    for short in packages:
+        package = importlib.import_module(f"dlbook.{short}")
+        inside = [n for m in submodules(short) for n in importlib.import_module(f"dlbook.{m}").__all__]
+        assert sorted(inside) == sorted(set(inside)), f"dlbook.{short}: a name is public in two of its modules"
+        assert set(package.__all__) == set(inside), f"dlbook.{short}: {set(package.__all__) ^ set(inside)}"
+        for m in submodules(short):
+            module = importlib.import_module(f"dlbook.{m}")
+            assert all(getattr(package, n) is getattr(module, n) for n in module.__all__), m
+
+
+# A split package's names are documented, and checked, in its modules.
+@pytest.mark.parametrize("short", [short for short in PUBLIC if not is_split_package(short)])
 def test_every_public_name_has_a_docstring(short):
     module = importlib.import_module(f"dlbook.{short}")
     attribute_docs = ModuleAnalyzer.for_module(module.__name__).find_attr_docs()

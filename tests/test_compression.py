@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from dlbook.compression import (Int8Linear, QuantLinear, apply_masks, dequantize, distillation_loss, fake_quantize,
-                                latency, magnitude_prune, model_size, prune_neurons, qrange, quant_params,
+from dlbook.compression import (Int8Linear, QuantLinear, apply_masks, compare_latency, dequantize, distillation_loss,
+                                fake_quantize, latency, magnitude_prune, model_size, prune_neurons, qrange, quant_params,
                                 quantize, replace_linears)
 from dlbook.mlp import MLP
 
@@ -80,6 +80,23 @@ def test_latency_restores_mode_and_threads_and_returns_seconds():
 def test_latency_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         latency(mlp(), torch.randn(2, 16), **kwargs)
+
+
+def test_compare_latency_pairs_rounds_and_finds_a_large_speed_up():
+    """A 64x larger matmul is slower by far more than noise: the small one's speed-up is well above 1,
+    the reference's is exactly 1, and the medians are seconds."""
+    big, small = torch.randn(512, 512), torch.randn(64, 64)
+    result = compare_latency({"big": lambda v: v @ big, "small": lambda v: v[:, :64] @ small},
+                             torch.randn(64, 512), rounds=3, min_run_time=0.01)
+    assert list(result) == ["big", "small"] and result["big"].speedup == 1.0
+    assert result["small"].speedup > 4 and 0 < result["small"].median < result["big"].median < 0.1
+
+
+@pytest.mark.parametrize("models, kwargs, error", [({}, {}, TypeError), ([mlp()], {}, TypeError),
+                                                   ({"a": mlp()}, {"rounds": 0}, ValueError)])
+def test_compare_latency_rejects_bad_arguments(models, kwargs, error):
+    with pytest.raises(error):
+        compare_latency(models, torch.randn(2, 16), **kwargs)
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -451,3 +468,18 @@ def test_replace_linears_swaps_every_linear_in_a_copy():
     assert (i8(x) - model(x)).abs().max() < 0.05
     with pytest.raises(TypeError, match="make"):
         replace_linears(model, 3)
+
+
+def test_int8linear_is_exact_whichever_int8_kernel_the_cpu_has():
+    """Without VNNI, oneDNN's int8 kernel saturates 16-bit pair sums; Int8Linear must still compute exact sums.
+
+    The integers are the largest int8 values, where a saturating kernel is off by thousands. Run under
+    ONEDNN_MAX_CPU_ISA=AVX2 this takes the floating-point path; natively (VNNI) it takes torch._int_mm."""
+    from dlbook.compression import Int8Linear, int_mm_is_exact
+
+    layer = Int8Linear(1100, 8, bias=False)   # 1100 * 128^2 > 2^24: the float fallback must be float64
+    with torch.no_grad():
+        layer.weight.fill_(127)
+    p = torch.full((32, 1100), 127, dtype=torch.int8)
+    assert torch.equal(layer._int_matmul(p).double(), torch.full((32, 8), 1100.0 * 127 * 127, dtype=torch.float64))
+    assert isinstance(int_mm_is_exact(), bool)

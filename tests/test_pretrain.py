@@ -254,10 +254,10 @@ def test_tokenizer_specials_and_unknowns():
 def test_pretrained_caches_atomically_and_reloads_the_same_weights(tmp_path, monkeypatch):
     """The first call trains and writes one .pt file (no temporary left behind); the second
     loads it and returns identical weights without training."""
-    import dlbook.pretrain as pt
+    import dlbook.pretrain.checkpoints as checkpoints
     from dlbook.pretrain import PretrainTokenizer as Tok
 
-    monkeypatch.setattr(pt, "pretraining_text", lambda task: "some short text for a tiny test. " * 40)
+    monkeypatch.setattr(checkpoints, "pretraining_text", lambda task: "some short text for a tiny test. " * 40)
     model, tok, info = pretrained("mlm", steps=2, block_size=16, n_layer=1, n_embd=16, batch_size=4,
                                   root=tmp_path, verbose=False)
     assert not info["cached"] and isinstance(tok, Tok)

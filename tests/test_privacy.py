@@ -350,11 +350,11 @@ def test_pairwise_masks_cancel_exactly_and_sum_is_recovered():
     assert torch.equal(torch.remainder(torch.stack(masks).sum(0), 2 ** bits), torch.zeros(7, dtype=torch.int64))
     g = torch.Generator().manual_seed(0)
     updates = [torch.randn(7, generator=g, dtype=torch.float64) for _ in range(n)]
-    q = [P.quantize(u, 2 ** 16, bits) for u in updates]
+    q = [P.encode_fixed_point(u, 2 ** 16, bits) for u in updates]
     masked = [P.mask_update(v, i, n, bits, seed=3) for i, v in enumerate(q)]
     plain = torch.remainder(torch.stack(q).sum(0), 2 ** bits)
     assert torch.equal(P.secure_sum(masked, bits), plain)
-    torch.testing.assert_close(P.dequantize(plain, 2 ** 16, bits), sum(updates), atol=n * 2 ** -17, rtol=0)
+    torch.testing.assert_close(P.decode_fixed_point(plain, 2 ** 16, bits), sum(updates), atol=n * 2 ** -17, rtol=0)
     # client 2 drops out: the survivors' sum is garbage until its masks are removed
     survivors = [m for i, m in enumerate(masked) if i != 2]
     want = torch.remainder(sum(v for i, v in enumerate(q) if i != 2), 2 ** bits)
@@ -362,7 +362,8 @@ def test_pairwise_masks_cancel_exactly_and_sum_is_recovered():
     assert torch.equal(P.recover_dropouts(P.secure_sum(survivors, bits), [2], n, bits, seed=3), want)
 
 
-def test_quantize_round_trip_with_negatives():
-    """dequantize(quantize(x)) = round(x * s) / s, negatives included."""
+def test_fixed_point_round_trip_with_negatives():
+    """decode_fixed_point(encode_fixed_point(x)) = round(x * s) / s, negatives included."""
     x = torch.tensor([-2.5, -1e-3, 0.0, 1.25, 3.0], dtype=torch.float64)
-    torch.testing.assert_close(P.dequantize(P.quantize(x, 1000, 20), 1000, 20), torch.round(x * 1000) / 1000)
+    decoded = P.decode_fixed_point(P.encode_fixed_point(x, 1000, 20), 1000, 20)
+    torch.testing.assert_close(decoded, torch.round(x * 1000) / 1000)

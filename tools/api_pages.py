@@ -4,10 +4,12 @@
     python tools/api_pages.py check    # exit 1 if a page or a link cell is missing or stale
 
 Each public module of dlbook (a module with ``__all__``) gets one page,
-``book/api/<module>.md``, whose body is Sphinx's ``automodule``: the signatures and
-docstrings are read from the code when the site is built, so the reference cannot
-drift from it. The page opens with a link back to the chapter that builds the
-concept. In the other direction, every chapter notebook gets a Markdown cell right
+``book/api/<module>.md`` (``privacy_dp_sgd.md`` for ``dlbook.privacy.dp_sgd``), whose body is
+Sphinx's ``automodule``: the signatures and docstrings are read from the code when the site is
+built, so the reference cannot drift from it. The page opens with a link back to the chapter
+that builds the concept. A package whose names all live in its public modules (``dlbook.privacy``)
+gets a page with its docstring and a table of those modules; each name is documented once, on
+its module's page, and a notebook's link points there. In the other direction, every chapter notebook gets a Markdown cell right
 after its setup cell that links each dlbook name the notebook imports to its entry
 in the reference. ``tests/test_api_reference.py`` checks that every module has its page,
 every public name has a docstring, and every page is what this script writes.
@@ -45,15 +47,77 @@ MODULES: dict[str, tuple[str, str]] = {
     "models": ("Small models with a pluggable normalization layer.", "chapters/02_normalization/02_batchnorm_mlp_cnn"),
     "transformer": ("Attention, the Transformer block and a GPT in one file.", "chapters/03_transformers/02_attention"),
     "pretrain": ("Self-supervised objectives, an MLM encoder and transfer.", "chapters/04_pretraining/index"),
+    "pretrain.tokenizer": ("A tokenizer with the special tokens the objectives need.",
+                           "chapters/04_pretraining/02_objectives"),
+    "pretrain.corpus": ("The docstring task and the unlabelled pretraining corpus.",
+                        "chapters/04_pretraining/01_transfer"),
+    "pretrain.objectives": ("Masked-LM masking, span corruption and padding.", "chapters/04_pretraining/02_objectives"),
+    "pretrain.representations": ("An MLM encoder, per-layer hidden states and pooling.",
+                                 "chapters/04_pretraining/03_finetuning_choices"),
+    "pretrain.classifier": ("A sequence classifier on a pretrained model, and its fine-tuning.",
+                            "chapters/04_pretraining/01_transfer"),
+    "pretrain.training": ("The pretraining loops of the three objectives.", "chapters/04_pretraining/02_objectives"),
+    "pretrain.checkpoints": ("A fresh model per objective, and cached pretrained weights.",
+                             "chapters/04_pretraining/01_transfer"),
     "finetune": ("LoRA, adapters, prefix and prompt tuning, preference losses.", "chapters/04_pretraining/index"),
+    "finetune.trainable": ("Freezing a model and counting its trainable parameters.", "chapters/04_pretraining/06_lora"),
+    "finetune.lora": ("LoRA: low-rank adaptation of linear layers, merged or not.", "chapters/04_pretraining/06_lora"),
+    "finetune.adapters": ("Bottleneck adapters after attention and FFN.", "chapters/04_pretraining/07_peft_methods"),
+    "finetune.prefix_tuning": ("Prefix tuning and prompt tuning.", "chapters/04_pretraining/07_peft_methods"),
+    "finetune.preferences": ("Bradley-Terry and DPO losses, and sequence log-probabilities.",
+                             "chapters/04_pretraining/09_rlhf_dpo"),
+    "finetune.digit_tasks": ("The toy digit tasks the fine-tuning experiments adapt and measure.",
+                             "chapters/04_pretraining/06_lora"),
     "weights": ("Trained weights that ship with dlbook, for models a notebook cannot train within its budget.",
                 "chapters/04_pretraining/01_transfer"),
     "regularization": ("Dropout, penalties, early stopping, smoothing, mixup, calibration.",
                        "chapters/05_regularization/index"),
+    "regularization.penalties": ("L1 and L2 penalties, soft thresholding and weight-decay groups.",
+                                 "chapters/05_regularization/02_norm_penalties"),
+    "regularization.dropout": ("Inverted dropout, as a function and a layer.", "chapters/05_regularization/04_dropout"),
+    "regularization.early_stopping": ("Early stopping that keeps and restores the best weights.",
+                                      "chapters/05_regularization/05_early_stopping_augmentation"),
+    "regularization.augmentation": ("Shifts and rotations of small images, and loaders that map batches.",
+                                    "chapters/05_regularization/05_early_stopping_augmentation"),
+    "regularization.smoothing": ("Label smoothing.", "chapters/05_regularization/06_smoothing_mixup_calibration"),
+    "regularization.mixup": ("Mixup.", "chapters/05_regularization/06_smoothing_mixup_calibration"),
+    "regularization.calibration": ("Calibration error, reliability curves and MC-dropout uncertainty.",
+                                   "chapters/05_regularization/06_smoothing_mixup_calibration"),
+    "regularization.double_descent": ("Random ReLU features and ridge regression.",
+                                      "chapters/05_regularization/07_double_descent"),
     "compression": ("Size and latency, pruning, distillation and quantization.", "chapters/06_compression/index"),
+    "compression.size_and_latency": ("A model's size in bytes and its measured latency.",
+                                     "chapters/06_compression/01_size_and_latency"),
+    "compression.pruning": ("Magnitude pruning with masks, and removing whole neurons.",
+                            "chapters/06_compression/02_pruning"),
+    "compression.distillation": ("The distillation loss.", "chapters/06_compression/03_distillation"),
+    "compression.quantization": ("Affine quantization: ranges, scales, zero points, fake quantization.",
+                                 "chapters/06_compression/04_quantization"),
+    "compression.quantized_linear": ("Quantized and int8 Linear layers, and swapping them into a model.",
+                                     "chapters/06_compression/05_qat_and_binarization"),
     "interpret": ("Attributions, probes and adversarial examples.", "chapters/07_interpretability/index"),
+    "interpret.gradient_attributions": ("Saliency, gradient x input, SmoothGrad and integrated gradients.",
+                                        "chapters/07_interpretability/02_gradient_attributions"),
+    "interpret.perturbation": ("Occlusion, permutation importance and deletion curves.",
+                               "chapters/07_interpretability/03_perturbation_importance"),
+    "interpret.comparison": ("Rank correlation of attribution maps.", "chapters/07_interpretability/04_sanity_checks"),
+    "interpret.gpt_internals": ("Hidden states, attention weights and head outputs of a GPT.",
+                                "chapters/07_interpretability/01_explaining_and_visualizing"),
+    "interpret.probing": ("Linear probes on frozen features.", "chapters/07_interpretability/05_probing"),
+    "interpret.adversarial": ("FGSM and PGD adversarial examples.", "chapters/07_interpretability/06_adversarial"),
     "privacy": ("Per-sample gradients, DP-SGD, accounting, attacks and secure aggregation.",
                 "chapters/08_privacy/index"),
+    "privacy.attacks": ("Membership inference, ROC curves and canary exposure.",
+                        "chapters/08_privacy/01_what_a_model_leaks"),
+    "privacy.mechanisms": ("The Laplace and Gaussian mechanisms.", "chapters/08_privacy/02_differential_privacy"),
+    "privacy.dp_sgd": ("Per-example gradients, DP-SGD, the DPSGD optimizer and Poisson batches.",
+                       "chapters/08_privacy/03_dp_sgd"),
+    "privacy.accounting": ("The RDP accountant of the sampled Gaussian mechanism.", "chapters/08_privacy/04_accounting"),
+    "privacy.paillier": ("A toy Paillier cryptosystem.", "chapters/08_privacy/05_secure_aggregation"),
+    "privacy.secure_aggregation": ("Fixed-point encoding and pairwise masks for secure sums.",
+                                   "chapters/08_privacy/05_secure_aggregation"),
+    "privacy.federated": ("Federated averaging with secure aggregation in real processes.",
+                          "chapters/08_privacy/05_secure_aggregation"),
     "extras": ("Reference libraries a chapter installs only when missing.", "book/setup"),
     "grading": ("Graded exercises: the checker a learner calls and the tests' helpers.", "exercises/index"),
     "grading.hints": ("Seeded test data and hints that name a learner's likely mistake.", "exercises/index"),
@@ -79,6 +143,30 @@ def public_modules() -> list[str]:
     return sorted(found)
 
 
+def submodules(short: str) -> list[str]:
+    """The public modules directly inside package ``short`` ("privacy" -> ["privacy.accounting", ...])."""
+    order = list(MODULES)  # the order of MODULES: the chapter's order
+    return sorted((m for m in public_modules() if m.rpartition(".")[0] == short),
+                  key=lambda m: order.index(m) if m in order else len(order))
+
+
+def is_split_package(short: str) -> bool:
+    """A package whose every public name lives in (and is documented with) one of its public submodules."""
+    module = importlib.import_module(f"dlbook.{short}")
+    subs = submodules(short)
+    if not hasattr(module, "__path__") or not subs:
+        return False
+    inside = {n for m in subs for n in importlib.import_module(f"dlbook.{m}").__all__}
+    return set(module.__all__) <= inside
+
+
+def home(short: str, name: str) -> str:
+    """The module whose page documents ``name``: the submodule that defines it, for a split package."""
+    if not is_split_package(short):
+        return short
+    return next(m for m in submodules(short) if name in importlib.import_module(f"dlbook.{m}").__all__)
+
+
 def _label(doc: str) -> str:
     """'chapters/02_normalization/01_what...' -> 'chapter 2', 'book/setup' -> 'Setup'."""
     parts = doc.split("/")
@@ -89,6 +177,18 @@ def _label(doc: str) -> str:
 
 def page(short: str) -> str:
     summary, chapter = MODULES[short]
+    if is_split_package(short):  # the package's docstring, then a table of its modules, each with its page
+        rows = "\n".join(f"| {{doc}}`dlbook.{m} <{m.replace('.', '_')}>` | {MODULES[m][0]} |" for m in submodules(short))
+        return (
+            f"# `dlbook.{short}`\n\n"
+            f"{summary} Where the book teaches it: [{_label(chapter)}](../../{chapter}).\n\n"
+            "<!-- Generated by tools/api_pages.py; the body is read from the docstrings at build time. -->\n\n"
+            "```{eval-rst}\n"
+            f".. automodule:: dlbook.{short}\n"
+            "```\n\n"
+            f"Every public name of these modules can also be imported from `dlbook.{short}` itself.\n\n"
+            "| module | what it holds |\n|---|---|\n" + rows + "\n"
+        )
     return (
         f"# `dlbook.{short}`\n\n"
         f"{summary} Where the book teaches it: [{_label(chapter)}](../../{chapter}).\n\n"
@@ -156,8 +256,10 @@ def imported_names(nb) -> list[tuple[str, str]]:
                     continue
                 public = set(getattr(importlib.import_module(node.module), "__all__", ()))
                 for alias in node.names:
-                    if alias.name in public and (short, alias.name) not in {*found, *SETUP_NAMES}:
-                        found.append((short, alias.name))
+                    if alias.name in public and (short, alias.name) not in SETUP_NAMES:
+                        entry = (home(short, alias.name), alias.name)  # a split package's name: its module's page
+                        if entry not in found:
+                            found.append(entry)
     return found
 
 

@@ -43,7 +43,8 @@ if str(ROOT) not in sys.path:
 
 from tools.environment import CONSTRAINTS, pins  # noqa: E402
 from tools.nbtools import SOURCE_ENV, all_notebooks  # noqa: E402
-from tools.reports import BUDGET_S, write_junit  # noqa: E402
+from tools.portability import kernel_env, second_path  # noqa: E402
+from tools.reports import over_budget, write_junit  # noqa: E402
 
 COLAB_PINS = ROOT / "requirements" / "colab.txt"
 VENV = ROOT / ".venv-colab"
@@ -201,7 +202,7 @@ def _failure_text(xml: Path) -> str | None:
     return None
 
 
-def run_notebook(path: Path, wheel: Path, frozen: dict[str, str]) -> dict:
+def run_notebook(path: Path, wheel: Path, frozen: dict[str, str], kernel_path: str = "native") -> dict:
     rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", rel)
     overlay = WORK / "venvs" / slug
@@ -217,6 +218,13 @@ def run_notebook(path: Path, wheel: Path, frozen: dict[str, str]) -> dict:
     env.update({SOURCE_ENV: str(wheel), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
                 "PYDEVD_DISABLE_FILE_VALIDATION": "1", "PATH": f"{overlay / 'bin'}:{env.get('PATH', '')}",
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    for key, value in kernel_env(kernel_path).items():  # the stage's CPU kernel path (see ``run``)
+        if key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            continue
+        if value:
+            env[key] = value
+        else:
+            env.pop(key, None)
     cmd = [str(overlay / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest",
            "--rootdir", str(path.parent), "-o", "addopts=", "--nbval-lax", "--nbval-current-env",
            f"--junitxml={xml}", str(path)]
@@ -251,24 +259,35 @@ def order_by_previous_times(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: -previous.get(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p), 60.0))
 
 
-def run(paths: list[Path], jobs: int = 2, report: Path | None = REPORT, times: Path | None = TIMES) -> list[dict]:
-    """Run notebooks in fresh copies of the Colab-shaped venv; returns one result per notebook."""
+def run(paths: list[Path], jobs: int = 2, report: Path | None = REPORT, times: Path | None = TIMES,
+        kernel_path: str | None = None) -> list[dict]:
+    """Run notebooks in fresh copies of the Colab-shaped venv; returns one result per notebook.
+
+    ``kernel_path`` (default: ``tools.portability.second_path()``, another CPU kernel path than this
+    machine's own, ``avx2`` on an AVX-512 machine) is the kernel path the kernels run under: the main
+    execute stage runs the native one, so every ``make test`` checks every hidden assert on two paths,
+    and a claim that holds on one CPU only fails the day it is written.
+    """
     wheel = build_wheel()
     frozen = json.loads(FROZEN_FILE.read_text())
+    kernel_path = kernel_path or second_path()
     print(f"Colab-shaped: {', '.join(f'{k} {v}' for k, v in sorted(colab_pins().items()) if k != 'torch')}; "
-          f"{install_pins()[1]}; dlbook from {wheel.name} via {SOURCE_ENV}", flush=True)
+          f"{install_pins()[1]}; dlbook from {wheel.name} via {SOURCE_ENV}; CPU kernel path {kernel_path}",
+          flush=True)
     results = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_notebook, p, wheel, frozen) for p in order_by_previous_times(paths)]
+        futures = [pool.submit(run_notebook, p, wheel, frozen, kernel_path) for p in order_by_previous_times(paths)]
         for future in as_completed(futures):
             r = future.result()
             results.append(r)
-            over = r["wall"] > BUDGET_S
+            over = over_budget(r["wall"], r["cpu"])
             status = "FAILED" if r["failure"] else ("OVER BUDGET" if over else "ok")
             extra = f"  (installed {', '.join(r['installed'])})" if r["installed"] else ""
             print(f"{status:11s} {r['wall']:6.1f} s wall {r['cpu']:6.1f} s cpu  {r['path']}{extra}", flush=True)
             if r["failure"]:
                 print(f"    {r['path']}: {r['failure']}  (log: {r['log']})", flush=True)
+            elif over:
+                print(f"    {r['path']} {over}", flush=True)
     results.sort(key=lambda r: -r["wall"])
     if times is not None:
         times.write_text(json.dumps({r["path"]: {"wall": round(r["wall"], 1), "cpu": round(r["cpu"], 1),
@@ -278,8 +297,8 @@ def run(paths: list[Path], jobs: int = 2, report: Path | None = REPORT, times: P
         cases = []
         for r in results:
             failure = r["failure"]
-            if failure is None and r["wall"] > BUDGET_S:
-                failure = f"{r['path']} took {r['wall']:.0f} s, over the {BUDGET_S} s budget of a notebook"
+            if failure is None and over_budget(r["wall"], r["cpu"]):
+                failure = f"{r['path']} {over_budget(r['wall'], r['cpu'])}"
             cases.append((r["path"], r["wall"], failure))
         write_junit(report, "colab", cases)
     return results
@@ -299,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(p).resolve() for p in args.paths] or all_notebooks()
     everything = not args.paths
     results = run(paths, args.jobs, report=REPORT if everything else None, times=TIMES if everything else None)
-    bad = [r for r in results if r["failure"] or r["wall"] > BUDGET_S]
+    bad = [r for r in results if r["failure"] or over_budget(r["wall"], r["cpu"])]
     print(f"Colab-shaped stage: {len(results)} notebooks in {time.time() - start:.0f} s, "
           f"{len(results) - len(bad)} passed, {len(bad)} failed")
     return 1 if bad else 0

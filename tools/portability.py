@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 from tools.execute_notebooks import _execute  # noqa: E402
 from tools.nbtools import all_notebooks  # noqa: E402
+from tools.reports import error_line  # noqa: E402
 
 OUT = ROOT / "_build" / "portability"
 
@@ -49,6 +51,31 @@ THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYDEVD_DISABLE_FILE_
            "PYTHONHASHSEED": "0"}
 
 
+def native_capability() -> str:
+    """The kernel path this CPU selects by itself, as torch names it ("AVX512", "AVX2", "DEFAULT", ...)."""
+    import subprocess
+
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in os.environ.items() if k not in PATHS["native"]}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return out.stdout.strip() or "unknown"
+
+
+def second_path(native: str | None = None) -> str:
+    """The kernel path the Colab-shaped stage of ``make test`` runs under: another one than the native.
+
+    ``avx2`` on a machine that would use AVX-512 (or anything else but AVX2), ``default`` on an AVX2 machine,
+    so that every run of ``make test`` executes every notebook under two kernel paths. The environment
+    variable ``DLBOOK_SECOND_KERNEL_PATH`` overrides the choice.
+    """
+    forced = os.environ.get("DLBOOK_SECOND_KERNEL_PATH")
+    if forced:
+        kernel_env(forced)
+        return forced
+    native = native if native is not None else native_capability()
+    return "default" if native.upper() == "AVX2" else "avx2"
+
+
 def kernel_env(path: str) -> dict[str, str]:
     """The variables a kernel on ``path`` is started with (an empty value means: unset)."""
     if path not in PATHS:
@@ -57,8 +84,6 @@ def kernel_env(path: str) -> dict[str, str]:
 
 
 def _run_one(nb_path: str, path: str) -> dict:
-    import os
-
     env = kernel_env(path)
     for key in [k for k, v in env.items() if v == ""]:
         os.environ.pop(key, None)
@@ -134,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             status = "FAILED" if r["error"] else "ok"
             print(f"{status:7s} {p:8s} {r['wall']:6.1f} s wall {r['cpu']:6.1f} s cpu  {rel}", flush=True)
             if r["error"]:
-                print("    " + r["error"].strip().splitlines()[-1][:300], flush=True)
+                print("    " + error_line(r["error"]), flush=True)
 
     lines = [f"# Kernel paths: {', '.join(paths)}", "",
              "| notebook | " + " | ".join(f"{p} (cpu s)" for p in paths) + " | cells that differ |",
@@ -152,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             if r.get("nb"):
                 outputs[p] = text_outputs(json.loads(r["nb"]))
             elif r["error"]:
-                details.append(f"- `{rel}` fails under {p}: {r['error'].strip().splitlines()[-1][:300]}")
+                details.append(f"- `{rel}` fails under {p}: {error_line(r['error'])}")
         diffs = differences(outputs) if len(outputs) > 1 else []
         lines.append(f"| {rel} | " + " | ".join(row) + f" | {len(diffs)} |")
         for cell, row_diff in diffs:

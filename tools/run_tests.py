@@ -3,6 +3,8 @@
 1. unit: the tests of dlbook (pytest, tests/ without the browser check and the Colab probe);
 2. execute: every notebook under chapters/ and exercises/ once, in this environment, two at a time
    (tools/execute_notebooks.py); the executed notebooks go into the site's jupyter-cache;
+   then prose: every measured-looking number in the notebooks' Markdown must appear in their outputs
+   (tools/check_prose_numbers.py, on the executed copies in _build/executed/);
 3. site: the site build from that cache (warnings are errors; a notebook missing from the cache, because
    it failed in stage 2, is executed by the build and fails it again);
 4. browser: the built site in Debian's Chromium driven by Playwright;
@@ -13,7 +15,9 @@
 So each notebook executes twice in all: once here (its outputs are the site's), once Colab-shaped.
 All stages run even when one fails, so one run shows every problem. The run ends with each notebook's
 time in both environments (wall and CPU seconds, slowest first), the guard that fails any notebook over
-its 120 s budget, the stages, and one closing line ``total: N passed, N failed``.
+its budget (120 s wall, 60 s CPU), the stages, and one closing line ``total: N passed, N failed``.
+The Colab-shaped stage runs under another CPU kernel path than the main one (``avx2`` on an AVX-512
+machine, see tools/portability.py), so every hidden assert is checked on two kernel paths per run.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.reports import BUDGET_S, write_junit  # noqa: E402
+from tools.reports import BUDGET_S, CPU_BUDGET_S, over_budget, write_junit  # noqa: E402
 
 BUILD = ROOT / "_build"
 REPORTS = BUILD / "test-reports"
@@ -43,11 +47,19 @@ def pytest(name: str, args: list[str]) -> list[str]:
 
 
 def counts(name: str) -> tuple[int, int, int]:
-    """(passed, failed, skipped) from a stage's JUnit report."""
+    """(passed, failed, skipped) from a stage's JUnit report; (0, 1, 0) for a report nobody can read.
+
+    Whatever a report holds, the summary is printed: an unreadable report counts as one failure of its
+    stage, never as a crash of this script.
+    """
     xml = REPORTS / f"{name}.xml"
     if not xml.exists():
         return 0, 0, 0
-    suites = ET.parse(xml).getroot()
+    try:
+        suites = ET.parse(xml).getroot()
+    except (ET.ParseError, OSError, ValueError) as exc:
+        print(f"\n{xml.relative_to(ROOT)} cannot be read ({exc}); its stage counts as one failure", flush=True)
+        return 0, 1, 0
     suites = [suites] if suites.tag == "testsuite" else list(suites)
     total = sum(int(s.get("tests", 0)) for s in suites)
     failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
@@ -86,7 +98,8 @@ def notebook_table() -> list[str]:
     main, colab = _load(BUILD / "notebook_times.json"), _load(BUILD / "colab_times.json")
     if not main and not colab:
         return []
-    print(f"\nNotebook times, two at a time, one thread each (budget {BUDGET_S} s wall per notebook):")
+    print(f"\nNotebook times, two at a time, one thread each (budget per notebook: {BUDGET_S} s wall, "
+          f"{CPU_BUDGET_S} s CPU):")
     print(f"  {'main wall':>9s} {'cpu':>6s}   {'Colab wall':>10s} {'cpu':>6s}   notebook")
     over = []
     names = sorted(set(main) | set(colab),
@@ -102,8 +115,9 @@ def notebook_table() -> list[str]:
             flags.append("FAILED here")
         if c and not c.get("ok", True):
             flags.append("FAILED Colab-shaped")
-        if max(m.get("wall", 0), c.get("wall", 0)) > BUDGET_S:
-            flags.append(f"OVER BUDGET ({BUDGET_S} s)")
+        why = over_budget(m.get("wall", 0), m.get("cpu")) or over_budget(c.get("wall", 0), c.get("cpu"))
+        if why:
+            flags.append(f"OVER BUDGET ({why})")
             over.append(name)
         print(f"  {cell(m, 'wall', 8)} s {cell(m, 'cpu', 6)}   {cell(c, 'wall', 9)} s {cell(c, 'cpu', 6)}   "
               f"{name}{'  ' + ', '.join(flags) if flags else ''}")
@@ -127,6 +141,7 @@ def main() -> int:
         ("unit", pytest("unit", ["-q", "-n", "2", "tests", "--ignore=tests/browser", "--ignore=tests/colab"]),
          base_env),
         ("execute", [PY, "tools/execute_notebooks.py"], nb_env),
+        ("prose", [PY, "tools/check_prose_numbers.py", "--junit", str(REPORTS / "prose.xml")], base_env),
         ("site", [PY, "tools/build_site.py", "--from-cache"], base_env),
         ("browser", [PY, "tools/ensure_chromium.py"], base_env),
         ("browser", pytest("browser", ["-q", "tests/browser"]), base_env),
@@ -148,7 +163,11 @@ def main() -> int:
         previous = results.get(name, (0, 0.0))
         results[name] = (previous[0] or code, previous[1] + took)
 
-    over = notebook_table()
+    try:
+        over = notebook_table()
+    except Exception as exc:  # the closing summary below is printed whatever the time files hold
+        print(f"\nthe notebook time table could not be printed: {type(exc).__name__}: {exc}", flush=True)
+        over = ["(notebook times unreadable)"]
 
     print("\nStages:")
     passed = failed = skipped = 0
@@ -160,7 +179,7 @@ def main() -> int:
         print(f"  {name:11s} {'ok' if code == 0 else 'FAILED':7s} {took:7.1f} s   {p} passed, {f} failed, {s} skipped")
     print(f"  {'all':11s} {'':7s} {sum(t for _, t in results.values()):7.1f} s")
     if over:
-        print(f"\nOver the {BUDGET_S} s budget: {', '.join(over)}")
+        print(f"\nOver the budget ({BUDGET_S} s wall, {CPU_BUDGET_S} s CPU): {', '.join(over)}")
     worst = max((code for code, _ in results.values()), default=1)
     print(f"\ntotal: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
     return 1 if worst or failed or over else 0

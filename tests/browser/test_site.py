@@ -191,15 +191,18 @@ def test_no_page_references_a_cdn():
 
 
 def test_api_reference_has_an_entry_for_every_public_name():
-    """Every name in each module's __all__ has its anchor on the module's API page, and links back to a chapter."""
+    """Every name in each module's __all__ has its anchor on the module's API page, and links back to a chapter
+    (a package split into modules, like dlbook.privacy, documents each name on its module's page)."""
     import importlib
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from tools.api_pages import public_modules
+    from tools.api_pages import is_split_package, public_modules
 
     missing = []
     for short in public_modules():
+        if is_split_package(short):
+            continue  # dlbook.privacy's names have their entries on its modules' pages (dlbook.privacy.dp_sgd)
         html = (SITE / "book" / "api" / f"{short.replace('.', '_')}.html").read_text(encoding="utf-8")
         module = importlib.import_module(f"dlbook.{short}")
         missing += [f"dlbook.{short}.{n}" for n in module.__all__ if f'id="dlbook.{short}.{n}"' not in html]

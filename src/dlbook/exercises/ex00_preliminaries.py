@@ -78,7 +78,7 @@ def bce_matches_torch(ns):
         "the sign is flipped: the loss is -[y log p + (1 - y) log(1 - p)]": -per_example.mean(),
         "targets and logits are swapped somewhere: y multiplies log sigmoid(z)":
             ref_bce_with_logits(logits, 1 - targets),
-    }, "loss = mean of max(z, 0) - z * y + log(1 + exp(-|z|))"))
+    }, "the loss is the mean over the batch of -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))]"))
 
 
 @question("q2", points=2, timeout=10)
@@ -88,8 +88,8 @@ def bce_is_stable_for_large_logits(ns):
     targets = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0], dtype=F64)
     out = ns.bce_with_logits(logits, targets)
     assert_close(out, ref_bce_with_logits(logits, targets), atol=1e-8, rtol=1e-10, hint=(
-        "log(sigmoid(z)) overflows for large |z|: use the identity "
-        "max(z, 0) - z * y + log1p(exp(-|z|)), which never exponentiates a large number"))
+        "sigmoid(z) rounds to exactly 0 or 1 for large |z|, and its log is then -inf: rewrite the loss with "
+        "log sigmoid(z) = -log(1 + exp(-z)) so that exp is only ever taken of -|z|"))
 
 
 # ---------------------------------------------------------------------------------------------- q3
@@ -192,10 +192,12 @@ def _two_layer_problem():
     return x, y, W1, b1, W2, b2
 
 
-def _two_layer_reference(x, y, W1, b1, W2, b2):
+def _two_layer_reference(x, y, W1, b1, W2, b2, relu_grad=True):
+    """Autograd's (dW1, db1, dW2, db2); relu_grad=False lets the gradient through the ReLU unchanged (a mistake)."""
     params = [p.clone().requires_grad_() for p in (W1, b1, W2, b2)]
     a = x @ params[0].T + params[1]
-    loss = ref_cross_entropy(torch.relu(a) @ params[2].T + params[3], y)
+    h = torch.relu(a) if relu_grad else a + (torch.relu(a) - a).detach()
+    loss = ref_cross_entropy(h @ params[2].T + params[3], y)
     return torch.autograd.grad(loss, params), a.detach()
 
 
@@ -207,13 +209,20 @@ def backprop_by_hand_matches_autograd(ns):
     out = ns.backward_two_layer(x, y, W1.clone(), b1.clone(), W2.clone(), b2.clone())
     assert isinstance(out, (tuple, list)) and len(out) == 4, (
         f"return the four gradients (dW1, db1, dW2, db2), got {type(out).__name__}")
-    for name, mine, expected in zip(("dW1", "db1", "dW2", "db2"), out, (gW1, gb1, gW2, gb2)):
-        n = x.shape[0]
-        assert_close(mine, expected, atol=1e-10, hint=hint_for(mine, {
-            "the gradient of the mean has a 1/N: you computed the gradient of the sum": expected * n,
-            "shapes: dW = delta.T @ h has the shape of W, (out, in); you returned its transpose": expected.T,
-        }, f"{name}: dZ = (softmax(Z) - onehot(y)) / N; dW2 = dZ.T @ H; db2 = dZ.sum(0); "
-           "dA = (dZ @ W2) * (A > 0); dW1 = dA.T @ x; db1 = dA.sum(0)"))
+    n = x.shape[0]
+    no_relu = _two_layer_reference(x, y, W1, b1, W2, b2, relu_grad=False)[0]
+    for name, mine, expected, linear in zip(("dW1", "db1", "dW2", "db2"), out, (gW1, gb1, gW2, gb2), no_relu):
+        mistakes = {"the gradient of the mean has a 1/N: you computed the gradient of the sum": expected * n}
+        if expected.dim() == 2:
+            mistakes["a gradient has the shape of its parameter: dW is (out, in), you returned its transpose"] = \
+                expected.mT
+        if name in ("dW1", "db1"):
+            mistakes["the gradient reached the first layer without passing the ReLU: multiply by its derivative, "
+                     "1 where the pre-activation is positive and 0 elsewhere"] = linear
+        assert_close(mine, expected, atol=1e-10, hint=hint_for(mine, mistakes,
+                     f"{name}: apply the chain rule one step at a time, from the loss back to the parameter: the "
+                     "mean cross-entropy's gradient with respect to the logits first, then through the second "
+                     "layer, the ReLU and the first layer"))
 
 
 @question("q5", points=1, timeout=10)

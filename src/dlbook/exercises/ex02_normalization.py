@@ -21,7 +21,7 @@ from torch.nn.functional import group_norm as ref_group_norm
 from torch.nn.functional import instance_norm as ref_instance_norm
 from torch.nn.functional import layer_norm as ref_layer_norm
 
-from dlbook.grading import NotAttempted, assert_close, probes, question
+from dlbook.grading import NotAttempted, assert_close, assert_inputs_unchanged, probes, question
 from dlbook.grading.hints import generator
 from dlbook.grading.hints import hint_for
 from dlbook.norm import BatchRenorm1d as RefBatchRenorm1d
@@ -97,6 +97,8 @@ def batch_norm_updates_running_statistics_like_torch(ns):
             "momentum is the weight of the NEW batch: (1 - m) * running + m * batch_var":
                 momentum * rv + (1 - momentum) * x.var(dim=dims, unbiased=True),
         }, "running_var <- (1 - momentum) * running_var + momentum * unbiased batch variance"))
+        assert_inputs_unchanged(ns, "return the new running statistics as new tensors (running_mean * (1 - m) + ...), "
+                                    "as the question asks, instead of updating them with mul_ / add_")
 
 
 @question("q1", points=1, timeout=10)

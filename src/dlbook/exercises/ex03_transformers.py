@@ -32,8 +32,8 @@ F64 = torch.float64
 
 @question("q1", points=1, timeout=10)
 def causal_mask_is_the_lower_triangle(ns):
-    """causal_mask(T) is a bool (T, T) tensor, True on and below the diagonal, for T = 1, 4, 9."""
-    for t in (1, 4, 9):
+    """causal_mask(T) is a bool (T, T) tensor, True on and below the diagonal, for T = 4, 9, 1."""
+    for t in (4, 9, 1):
         mask = ns.causal_mask(t)
         assert isinstance(mask, torch.Tensor), f"causal_mask({t}) should return a tensor, got {type(mask).__name__}"
         assert mask.shape == (t, t), f"causal_mask({t}) should have shape ({t}, {t}), got {tuple(mask.shape)}"
@@ -41,10 +41,10 @@ def causal_mask_is_the_lower_triangle(ns):
         expected = torch.tril(torch.ones(t, t, dtype=torch.bool))
         if torch.equal(mask, expected):
             continue
-        if torch.equal(mask, ~expected) or torch.equal(mask, expected.T):
-            raise AssertionError("the mask is flipped: position i may attend to j <= i (lower triangle incl. diagonal)")
         if torch.equal(mask, expected & ~torch.eye(t, dtype=torch.bool)):
             raise AssertionError("the diagonal is missing: each position may attend to itself")
+        if torch.equal(mask, ~expected) or torch.equal(mask, expected.T):
+            raise AssertionError("the mask is flipped: position i may attend to j <= i (lower triangle incl. diagonal)")
         assert torch.equal(mask, expected), f"causal_mask({t}) differs from the lower triangle"
 
 
@@ -54,11 +54,20 @@ def causal_mask_blocks_the_future_in_attention(ns):
     g = generator(0)
     q, k, v = (torch.randn(1, 6, 4, generator=g, dtype=F64) for _ in range(3))
     mask = ns.causal_mask(6)
+    assert isinstance(mask, torch.Tensor) and mask.shape == (6, 6) and mask.dtype == torch.bool, (
+        "causal_mask(6) should be a bool tensor of shape (6, 6)")
     out = ref_sdpa(q, k, v, attn_mask=mask)
+    assert bool(torch.isfinite(out).all()), ("a row of the mask is all False: that position may attend to nothing "
+                                             "(its weights are 0 / 0); each position may attend to itself and the past")
     v2 = v.clone()
     v2[:, 4:] += 10.0
     out2 = ref_sdpa(q, k, v2, attn_mask=mask)
     assert_close(out2[:, :4], out[:, :4], atol=1e-12, hint="a later value changed an earlier output: the future leaks")
+    v3 = v.clone()
+    v3[:, :1] += 10.0
+    moved = (ref_sdpa(q, k, v3, attn_mask=mask) - out).abs().amax(dim=-1)[0]
+    assert bool((moved > 1e-3).all()), ("position 0's value does not reach every later output: the mask blocks the "
+                                        "past too; position i may attend to every j <= i")
 
 
 # ---------------------------------------------------------------------------------------------- q2
@@ -93,7 +102,7 @@ def attention_applies_the_mask(ns):
         out = ns.attention(q, k, v, mask)
         inverted = ref_sdpa(q, k, v, attn_mask=~mask | torch.eye(6, dtype=torch.bool))
         hint = ("the mask is inverted: True means 'may attend'" if matches(out, inverted) else
-                "set masked scores to -inf before the softmax (masked_fill(~mask, float('-inf')))")
+                "the scores where the mask is False must become -inf before the softmax, so their weights are 0")
         assert_close(out, ref_sdpa(q, k, v, attn_mask=mask), atol=1e-10, hint=hint)
 
 

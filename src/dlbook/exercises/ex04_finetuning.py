@@ -2,7 +2,7 @@
 
 Questions and the learner's names they read (all pure functions: tensors in, tensors or numbers out):
 
-* q1 ``lora_forward(x, W0, b0, A, B, alpha)`` (3 points)
+* q1 ``lora_forward(x, W0, b0, A, B, alpha)``, without forming ``B A`` (3 points)
 * q2 ``lora_init(d_out, d_in, r, generator)`` and ``lora_num_params(d_out, d_in, r)`` (3 points)
 * q3 ``lora_merge(W0, A, B, alpha)`` (2 points)
 * q4 ``response_logprob(logits, tokens, prompt_len)`` (3 points)
@@ -20,7 +20,7 @@ import torch
 from torch.nn.functional import linear as ref_linear
 from torch.nn.functional import logsigmoid as ref_logsigmoid
 
-from dlbook.grading import assert_close, question
+from dlbook.grading import assert_close, assert_inputs_unchanged, question
 from dlbook.grading.hints import generator, hint_for
 
 F64 = torch.float64
@@ -35,22 +35,48 @@ def _lora_case(seed, d_out=6, d_in=10, r=3):
 
 # ---------------------------------------------------------------------------------------------- q1
 
-@question("q1", points=3, timeout=10)
+@question("q1", points=2, timeout=10)
 def lora_forward_matches_the_formula(ns):
-    """lora_forward(x, W0, b0, A, B, alpha) = x W0^T + b0 + (alpha/r) x A^T B^T, for r = 3 and r = 1."""
-    for seed, r, alpha in ((0, 3, 6.0), (1, 1, 2.0)):
+    """lora_forward(x, W0, b0, A, B, alpha) = x W0^T + b0 + (alpha/r) x A^T B^T, for r = 3, 1 and 4 (alpha = 10,
+    not a multiple of 4)."""
+    for seed, r, alpha in ((0, 3, 9.0), (1, 1, 2.0), (2, 4, 10.0)):
         x, w0, b0, a, b = _lora_case(seed, r=r)
         out = ns.lora_forward(x, w0, b0, a, b, alpha)
         base = ref_linear(x, w0, b0)
         update = x @ a.T @ b.T
         expected = base + alpha / r * update
         assert_close(out, expected, atol=1e-10, hint=hint_for(out, {
+            f"alpha // r rounds down ({alpha:g} // {r} = {alpha // r:g}): the scale is the true ratio alpha / r = "
+            f"{alpha / r:g}": base + (alpha // r) * update,
             "the update is not scaled: multiply B A x by alpha / r": base + update,
             "the scale is upside down: it is alpha / r, not r / alpha": base + r / alpha * update,
             "alpha / r is applied twice": base + (alpha / r) ** 2 * update,
             "the scale is alpha, not alpha / r": base + alpha * update,
             "the bias b0 is missing": expected - b0,
-        }, default="h = W0 x + b0 + (alpha / r) B (A x), with r = A.shape[0]"))
+            "r is the rank, the number of rows of A (A.shape[0], or B.shape[1]); B.shape[0] is d_out":
+                base + alpha / b.shape[0] * update,
+        }, default="the frozen layer's output plus the low-rank update, scaled by alpha over the rank"))
+
+
+def _overflow_case():
+    """A and B with entries near 1e200 and x near 1e-200: B (A x) is finite, while B A alone overflows to inf."""
+    x, w0, b0, a, b = _lora_case(8)
+    return x * 1e-200, w0, b0, a * 1e200, b * 1e200
+
+
+@question("q1", points=1, timeout=10)
+def lora_forward_never_forms_ba(ns):
+    """lora_forward computes B (A x) without the (d_out, d_in) product B A: on entries where B A overflows to inf and
+    B (A x) does not, the output is finite and right."""
+    x, w0, b0, a, b = _overflow_case()
+    assert bool(torch.isinf(b @ a).any()) and bool(torch.isfinite(x @ a.T @ b.T).all())  # the case is what it says
+    out = ns.lora_forward(x, w0, b0, a, b, 6.0)
+    expected = ref_linear(x, w0, b0) + 2.0 * (x @ a.T @ b.T)
+    if isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
+        raise AssertionError("the output overflowed to inf or nan on inputs where B (A x) stays finite: the code forms "
+                             "the (d_out, d_in) matrix B A (or A^T B^T); apply A to x first, then B to the result, "
+                             "which also costs r (d_in + d_out) per row instead of d_in d_out")
+    assert_close(out, expected, rtol=1e-10, hint="h = W0 x + b0 + (alpha / r) B (A x)")
 
 
 # ---------------------------------------------------------------------------------------------- q2
@@ -58,8 +84,11 @@ def lora_forward_matches_the_formula(ns):
 @question("q2", points=2, timeout=10)
 def lora_init_leaves_the_model_unchanged(ns):
     """lora_init returns A (r, d_in) random and B (d_out, r) zero, so the update B A is exactly zero."""
-    a, b = ns.lora_init(6, 10, 3, generator(7))
+    g = generator(7)
+    a, b = ns.lora_init(6, 10, 3, g)
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), "return the tuple (A, B) of tensors"
+    assert a.dtype == F64 and b.dtype == F64, (f"A and B should be float64, got {a.dtype} and {b.dtype}: pass "
+                                               "dtype=torch.float64 when you create them")
     assert tuple(a.shape) == (3, 10), f"A should have shape (r, d_in) = (3, 10), got {tuple(a.shape)}"
     assert tuple(b.shape) == (6, 3), f"B should have shape (d_out, r) = (6, 3), got {tuple(b.shape)}"
     if bool((b != 0).any()):
@@ -68,6 +97,12 @@ def lora_init_leaves_the_model_unchanged(ns):
     assert bool((a != 0).any()), ("A is zero too: with A = B = 0 both gradients are zero and LoRA never learns; "
                                   "initialize A randomly")
     assert float(a.std()) > 1e-3, "A is (almost) constant; draw it at random"
+    assert not torch.equal(g.get_state(), generator(7).get_state()), (
+        "the generator passed in was not used: draw A with torch.randn(..., generator=generator)")
+    again, _ = ns.lora_init(6, 10, 3, generator(7))
+    other, _ = ns.lora_init(6, 10, 3, generator(8))
+    assert torch.equal(torch.as_tensor(again), a) and not torch.equal(torch.as_tensor(other), a), (
+        "A must come from the generator alone: the same seed gives the same A, another seed another A")
 
 
 @question("q2", points=1, timeout=10)
@@ -92,10 +127,9 @@ def lora_num_params_counts_both_factors(ns):
 def lora_merge_folds_the_update_into_w0(ns):
     """lora_merge(W0, A, B, alpha) = W0 + (alpha/r) B A, a (d_out, d_in) matrix giving lora_forward's output."""
     x, w0, b0, a, b = _lora_case(3)
-    w0_before = w0.clone()
     merged = ns.lora_merge(w0, a, b, 4.0)
     assert isinstance(merged, torch.Tensor), "lora_merge should return a tensor"
-    assert torch.equal(w0, w0_before), "lora_merge changed W0 in place; return a new matrix (W0 + ...)"
+    assert_inputs_unchanged(ns, "return a new matrix (W0 + ...), as the question asks")
     expected = w0 + 4.0 / 3 * (b @ a)
     assert_close(merged, expected, atol=1e-10, hint=hint_for(merged, {
         "the merged weight misses the scale alpha / r": w0 + b @ a,
@@ -134,7 +168,8 @@ def response_logprob_counts_response_tokens_only(ns):
             "off by one: the logits at position t - 1 predict token t": shifted,
             "use log-probabilities (log_softmax over the vocabulary), not raw logits": unnormalized,
             "you averaged: DPO uses the sum over response tokens": lp[:, prompt_len - 1:].mean(-1),
-        }, default="sum over t >= prompt_len of log_softmax(logits[:, t-1])[tokens[:, t]]"))
+        }, default="add up, over the response tokens only, the log-probability the model gave each of them; "
+                   "the logits at position t - 1 are the prediction of token t"))
 
 
 # ---------------------------------------------------------------------------------------------- q5
@@ -160,9 +195,14 @@ def dpo_loss_matches_the_formula(ns):
 
 @question("q5", points=1, timeout=10)
 def dpo_loss_is_log2_at_the_reference(ns):
-    """When the policy equals the reference the loss is log 2, whatever beta."""
+    """When the policy equals the reference the loss is log 2; a policy that prefers the chosen responses more than
+    the reference does has a lower loss."""
     g = generator(6)
     pw, pl = torch.randn(5, generator=g, dtype=F64), torch.randn(5, generator=g, dtype=F64)
     out = ns.dpo_loss(pw, pl, pw.clone(), pl.clone(), 0.3)
     assert_close(out, math.log(2), atol=1e-10, hint="at the start of DPO (policy = reference) every margin is 0, "
                                                       "so the loss is -log sigma(0) = log 2")
+    better = float(torch.as_tensor(ns.dpo_loss(pw + 1.0, pl, pw.clone(), pl.clone(), 0.3)))
+    assert better < math.log(2) - 0.1, (
+        f"the loss is {better:.4g} for a policy that raised every chosen response's log-probability by 1 above the "
+        "reference: it should fall below log 2 (DPO rewards preferring the chosen response more than the reference)")

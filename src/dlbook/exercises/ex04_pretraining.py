@@ -105,7 +105,8 @@ def clm_loss_shifts_targets_by_one(ns):
                                                                                      ids[:, :-1].reshape(-1)),
         "a sum, not a mean over the B (T - 1) predictions": ref_cross_entropy(
             logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="sum"),
-    }, default="F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))")
+    }, default="position t predicts token t + 1: pair each position's logits with the NEXT token (the last "
+               "position has nothing to predict), then take the mean cross-entropy over the B (T - 1) predictions")
     assert_close(out, expected, atol=1e-10, hint=hint)
 
 
@@ -146,6 +147,8 @@ def kshot_prompt_layout(ns):
         out = ns.kshot_prompt(xs, ys, query, k, arrow, sep)
         expected = _ref_prompt(xs, ys, query, k, arrow, sep)
         assert isinstance(out, torch.Tensor), f"return a 1-D LongTensor, got {type(out).__name__}"
+        assert out.dtype == torch.long, (f"the prompt is token ids, a torch.long tensor, got {out.dtype}: pass "
+                                         "dtype=torch.long (an embedding layer accepts only integer ids)")
         hint = hint_for(out, {
             "the prompt must end with the query followed by the arrow, so the next token is the answer":
                 expected[:-1],

@@ -21,10 +21,14 @@ from torch.nn.functional import log_softmax as ref_log_softmax
 from torch.nn.functional import one_hot as ref_one_hot
 from torch.optim import SGD as RefSGD
 
-from dlbook.grading import assert_close, question
+from dlbook.grading import assert_close, assert_inputs_unchanged, question
 from dlbook.grading.hints import generator, hint_for
 
 F64 = torch.float64
+
+# The first optimizer a process builds imports torch._dynamo (seconds, more on a busy machine): build one now, at
+# import (checker() imports this module), so that it never counts against a test's time limit.
+RefSGD([torch.nn.Parameter(torch.zeros(1, dtype=F64))], lr=0.1)
 
 
 def _as_float(value, what: str) -> float:
@@ -61,7 +65,8 @@ def dropout_training_matches_inverted_dropout(ns):
                 x * (u < p).to(F64) / (1 - p),
             "you kept the units with u < p and divided by p: p is the drop probability, keep u >= p and divide by 1 - p":
                 x * (u < p).to(F64) / p,
-        }, "output = x * (u >= p) / (1 - p)"))
+        }, "p is the probability of dropping a unit: keep the units with u >= p, and scale the kept ones so that "
+           "the expected output equals x"))
 
 
 @question("q1", points=1, timeout=10)
@@ -110,7 +115,9 @@ def sgd_weight_decay_step_matches_torch(ns):
             "the gradient of (wd / 2) ||w||^2 is wd * w, not 2 * wd * w": w - lr * (grad + 2 * wd * w),
             "the decay pulls w toward 0: add + wd * w to the gradient, not - wd * w": w - lr * (grad - wd * w),
             "you forgot the weight decay": w - lr * grad,
-        }, "w_new = w - lr * (grad + weight_decay * w)"))
+        }, "one plain SGD step on the loss plus (weight_decay / 2) ||w||^2: first work out that term's gradient"))
+        assert_inputs_unchanged(ns, "return a new tensor and leave w as it was, as the question asks "
+                                    "(w - ..., not w -= ...)")
 
 
 # ---------------------------------------------------------------------------------------------- q3
@@ -135,7 +142,8 @@ def smoothed_labels_match_torch_label_smoothing(ns):
                 onehot + eps / K,
             "you gave the true class eps and the others (1 - eps) / K: the true class keeps most of the mass":
                 eps * onehot + (1 - eps) / K,
-        }, "(1 - eps) * one_hot(y, K) + eps / K"))
+        }, "the true class keeps 1 - eps of the mass on top of its share, and eps is spread evenly over all K "
+           "classes"))
         loss = -(q.to(F64) * ref_log_softmax(logits, dim=1)).sum(1).mean()
         assert_close(loss, ref_cross_entropy(logits, y, label_smoothing=eps), atol=1e-10,
                      hint="with these targets the cross-entropy should equal torch's label_smoothing")
@@ -201,7 +209,8 @@ def ece_matches_the_binned_definition(ns):
 
 @question("q4", points=1, timeout=10)
 def ece_of_simple_cases(ns):
-    """ECE is 0.25 for two 75%-confident predictions with one right, and 0 for confident correct predictions."""
+    """ECE is 0.25 for two 75%-confident predictions with one right, 0 for confident correct predictions, and follows
+    the bins (b/B, (b+1)/B] for confidences on their edges (1 in the last bin)."""
     p = torch.tensor([[0.75, 0.25], [0.25, 0.75]], dtype=F64)
     out = _as_float(ns.ece(p, torch.tensor([0, 0]), 10), "ece")
     assert_close(torch.tensor(out), torch.tensor(0.25), atol=1e-9, hint="accuracy 0.5 at confidence 0.75: a gap of 0.25")
@@ -209,3 +218,36 @@ def ece_of_simple_cases(ns):
     assert_close(torch.tensor(out), torch.tensor(0.0), atol=1e-9,
                  hint="confidence 1 and always right is perfectly calibrated; a confidence of exactly 1 belongs to "
                       "the last bin (b/B, (b+1)/B]")
+    _ece_on_the_edges(ns)
+
+
+def _ece_edges():
+    """Confidences on the bins' edges (5 bins): 1.0 twice (one right), 0.6 (a right edge: bin (0.4, 0.6]), 0.8 and
+    0.75; every predicted class is right but the first."""
+    probs = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.75, 0.125, 0.125]],
+                         dtype=F64)
+    return probs, torch.tensor([0, 0, 0, 2, 0])
+
+
+def _ece_on_the_edges(ns):
+    """With confidences exactly on bin edges (5 bins): a confidence of 1 is in the last bin, 0.6 in (0.4, 0.6]."""
+    probs, target = _ece_edges()
+    out = _as_float(ns.ece(probs, target, 5), "ece")
+    expected = _ref_ece(probs, target, 5)
+    conf, pred = probs.max(1)
+    correct = (pred == target).to(F64)
+
+    def binned(index):  # ECE with bin b = index[i] for example i (a bin index out of range drops it)
+        total = 0.0
+        for b in range(5):
+            inside = index == b
+            if inside.any():
+                total += float(inside.to(F64).mean() * (correct[inside].mean() - conf[inside].mean()).abs())
+        return total
+
+    floor = (conf * 5).floor().long()
+    assert_close(torch.tensor(out), torch.tensor(expected), atol=1e-9, hint=hint_for(out, {
+        "a confidence of exactly 1 was left out of every bin: it belongs to the last bin, (1 - 1/B, 1]": binned(floor),
+        "a confidence on an edge b/B belongs to the bin below it, (b/B - 1/B, b/B]: the bins are closed on the "
+        "right, open on the left": binned(floor.clamp(max=4)),
+    }, "bins (b/B, (b+1)/B], closed on the right; a confidence of exactly 1 is in the last one"))

@@ -64,7 +64,7 @@ def asymmetric_params_are_right(ns):
             scale, zp = _pair(ns.quant_params(lo, hi, bits, False), "quant_params")
             s_ref, z_ref = _ref_params(lo, hi, bits, False)
             lo0, hi0 = min(lo, 0.0), max(hi, 0.0)
-            assert_close(scale, s_ref, atol=1e-9, rtol=1e-9, hint=hint_for(scale, {
+            assert_close(scale, s_ref, atol=1e-9, rtol=1e-6, hint=hint_for(scale, {
                 "the range must be extended to contain 0 first: x_min <- min(x_min, 0), x_max <- max(x_max, 0)":
                     (hi - lo) / qmax,
                 f"{bits} bits give 2^{bits} levels but 2^{bits} - 1 steps: divide by qmax - qmin = {qmax}":
@@ -85,7 +85,7 @@ def symmetric_params_are_right(ns):
             s_ref, _ = _ref_params(lo, hi, bits, True)
             m = max(-min(lo, 0.0), max(hi, 0.0))
             assert_close(zp, 0.0, atol=1e-12, hint="symmetric quantization has Z = 0")
-            assert_close(scale, s_ref, atol=1e-9, rtol=1e-9, hint=hint_for(scale, {
+            assert_close(scale, s_ref, atol=1e-9, rtol=1e-6, hint=hint_for(scale, {
                 f"you divided by 2^(b-1) = {2 ** (bits - 1)}, as if the range were [-128, 127]: symmetric int8 uses "
                 f"[-127, 127] so that +-max|x| both map onto the grid; divide by {2 ** (bits - 1) - 1}": m / 2 ** (bits - 1),
                 "that is the asymmetric scale: symmetric uses S = max(|x_min|, |x_max|) / (2^(b-1) - 1)":
@@ -137,6 +137,8 @@ def round_trip_error_is_at_most_half_a_step(ns):
 def per_channel_scales_per_output_row(ns):
     """per_channel_scales(w, bits) gives one symmetric scale per output row of w (out, in)."""
     w = torch.randn(6, 10, generator=generator(31), dtype=F64) * torch.logspace(-2, 0, 6, dtype=F64)[:, None]
+    w = w * torch.where(w.gather(1, w.abs().argmax(1, keepdim=True)) > 0, 1.0, -1.0)  # every row's largest |w| ...
+    w[::2] = -w[::2]  # ... positive in rows 1, 3, 5 and negative in rows 0, 2, 4, so max(w) != max(|w|) there
     for bits in (8, 4):
         qmax = 2 ** (bits - 1) - 1
         out = ns.per_channel_scales(w.clone(), bits)

@@ -30,6 +30,7 @@ tests that need autograd through learner code use dlbook.grading.probes.
 
 from dlbook.grading import _references  # noqa: F401  (first: capture torch/numpy before anything else)
 from dlbook.grading.core import NotAttempted, assert_close, question
+from dlbook.grading.inputs import assert_inputs_unchanged
 from dlbook.grading.sets import checker
 
-__all__ = ["question", "assert_close", "checker", "NotAttempted"]
+__all__ = ["question", "assert_close", "assert_inputs_unchanged", "checker", "NotAttempted"]

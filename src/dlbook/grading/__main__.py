@@ -4,6 +4,8 @@
     python -m dlbook.grading grade exercises/00_preliminaries.ipynb submissions/*.ipynb --out grades/
                                    [--extra-tests PATH_OR_MODULE] [--timeout S] [--cpu S] [--memory-mb MB] [--jobs N]
                                    [--isolation auto|rlimits|require]
+    python -m dlbook.grading gradescope exercises/00_preliminaries.ipynb --out autograder.zip
+                                   [--extra-tests PATH] [--timeout S] [--memory-mb MB] [--isolation MODE]
 
 See book/instructors.md for what each writes.
 """
@@ -50,6 +52,15 @@ def _grade(args) -> int:
     return 0
 
 
+def _gradescope(args) -> int:
+    from dlbook.grading.gradescope import build_autograder
+
+    path = build_autograder(args.set, Path(args.out), extra_tests=args.extra_tests, timeout=args.timeout,
+                            memory_mb=args.memory_mb, isolation=args.isolation)
+    print(f"wrote {path}: upload it as the assignment's autograder (Gradescope: Configure Autograder, zip file)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlbook-grade", description="dlbook's graded exercises.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "limits alone; rlimits: resource limits alone; require: never run a submission "
                             "without the sandbox (default auto)")
     grade.set_defaults(run=_grade)
+
+    scope = sub.add_parser("gradescope", help="write a Gradescope autograder (setup.sh, run_autograder) for a set")
+    scope.add_argument("set", help="the set: exercises/NN_slug.ipynb or NN_slug")
+    scope.add_argument("--out", required=True, help="the zip to write, e.g. autograder.zip")
+    scope.add_argument("--extra-tests", action="append", default=[], metavar="PATH",
+                       help="hidden tests: a .py file or a folder of them (repeatable); bundled in the zip")
+    scope.add_argument("--timeout", type=float, default=120, help="wall-clock seconds per submission (default 120)")
+    scope.add_argument("--memory-mb", type=int, default=8192, help="memory per submission in MiB (default 8192)")
+    scope.add_argument("--isolation", choices=["auto", "rlimits", "require"], default="auto",
+                       help="as for grade (default auto: the sandbox where the image allows one)")
+    scope.set_defaults(run=_gradescope)
     return parser
 
 

@@ -28,23 +28,13 @@ import numpy as np
 import torch
 
 from dlbook.grading import _references as ref
+from dlbook.grading.errors import NotAttempted, SubmissionGone, TestTimeout
+from dlbook.grading.inputs import guard
 
 __all__ = ["question", "assert_close", "NotAttempted", "Namespace", "TestSpec", "TestResult", "QuestionResult",
            "collect_tests", "run_test", "run_question", "format_question", "format_summary"]
 
 _QUESTION_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-
-
-class NotAttempted(Exception):
-    """The learner has not written this part yet (a name is missing, ``...`` or raises NotImplementedError)."""
-
-
-class SubmissionGone(BaseException):
-    """The submission's process stopped or broke the protocol mid-test: the grader stops grading it."""
-
-
-class TestTimeout(BaseException):
-    """Raised inside a test that ran past its timeout (a BaseException, so ``except Exception`` cannot swallow it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +98,7 @@ class Namespace:
 
     def __init__(self, mapping: dict):
         self._mapping = mapping
+        self._changes: list[str] = []  # what learner calls changed in place (dlbook.grading.inputs)
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -118,7 +109,7 @@ class Namespace:
             raise NotAttempted(f"`{name}` is not defined (did you run its cell?)") from None
         if value is Ellipsis:
             raise NotAttempted(f"`{name}` is still `...`")
-        return value
+        return guard(value, name, self._changes)  # calls into it get fresh copies of their inputs
 
     def __contains__(self, name: str) -> bool:
         return name in self._mapping
@@ -139,6 +130,29 @@ def _to_tensor(value, what: str):
         raise AssertionError(f"{what} should be a tensor or a number, got {type(value).__name__}") from err
 
 
+def _numel_and_shape(value):
+    """(number of elements, shape) of a tensor or array without converting it; None for anything else."""
+    if ref.is_tensor(value) or isinstance(value, np.ndarray):
+        return int(np.prod(tuple(value.shape), dtype=np.int64)), tuple(value.shape)
+    if isinstance(value, (bool, int, float, np.number)):
+        return 1, ()
+    return None
+
+
+def _check_size(actual, expected, tail: str) -> None:
+    """Refuse an answer whose size or shape cannot match the expected one, from its shape alone: a huge answer
+    then costs the grading process nothing (no float64 copy, no broadcast)."""
+    mine, theirs = _numel_and_shape(actual), _numel_and_shape(expected)
+    if theirs is None:
+        return
+    if mine is None:
+        if isinstance(actual, (list, tuple)) and len(actual) > max(theirs[0], 1):
+            raise AssertionError(f"a sequence of {len(actual)} items, expected shape {theirs[1]}{tail}")
+        return
+    if mine[1] != theirs[1] and not mine[0] == theirs[0] == 1:
+        raise AssertionError(f"shape {mine[1]}, expected {theirs[1]}{tail}")
+
+
 def assert_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0, hint: str | None = None) -> None:
     """Fail with a helpful message unless ``|actual - expected| <= atol + rtol * |expected|`` everywhere.
 
@@ -151,15 +165,20 @@ def assert_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0, hint: 
 
     Compares in float64 with functions captured before any learner code ran,
     so replacing ``torch.allclose`` in a notebook changes nothing here.
+    Where ``expected`` is not finite, ``actual`` must be the same value: the
+    same infinity, or NaN where NaN is expected.
     The message names the max abs error and where it occurs.
     """
     if atol < 0 or rtol < 0:
         raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
     tail = f": {hint}" if hint else ""
-    if ref.is_tensor(actual) and ref.is_tensor(expected) and actual.is_floating_point() \
-            and expected.is_floating_point() and actual.element_size() < expected.element_size():
-        tail += f" (your result is {str(actual.dtype).replace('torch.', '')}, the expected one " \
-                f"{str(expected.dtype).replace('torch.', '')}: keep the inputs' dtype)"
+    expected_size = expected.element_size() if ref.is_tensor(expected) and expected.is_floating_point() else \
+        8 if isinstance(expected, float) else 0
+    if ref.is_tensor(actual) and actual.is_floating_point() and actual.element_size() < expected_size:
+        wanted = str(expected.dtype).replace("torch.", "") if ref.is_tensor(expected) else "float64"
+        tail += f" (your result is {str(actual.dtype).replace('torch.', '')}, the expected one {wanted}: keep the " \
+                f"inputs' dtype, or return a Python float)"
+    _check_size(actual, expected, tail)  # before any conversion or arithmetic on the learner's answer
     a = _to_tensor(actual, "your result")
     e = _to_tensor(expected, "the expected result")
     if tuple(a.shape) != tuple(e.shape):
@@ -171,6 +190,14 @@ def assert_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0, hint: 
     bad = finite_e & ~finite_a
     if bool(bad.any()):
         raise AssertionError(f"{int(bad.sum())} value(s) are inf or nan where finite values were expected{tail}")
+    # Where the expected value is not finite, only the same value matches: the same infinity, NaN for NaN.
+    nan_e, nan_a = e != e, a != a
+    wrong = ~finite_e & ~((nan_e & nan_a) | (~nan_e & (a == e)))
+    if bool(wrong.any()):
+        worst = int(ref.torch_argmax(wrong.reshape(-1).to(ref.float64)))
+        where = "" if e.dim() == 0 else f" at index {tuple(int(i) for i in np.unravel_index(worst, tuple(e.shape)))}"
+        raise AssertionError(f"{float(a.reshape(-1)[worst])} where {float(e.reshape(-1)[worst])} was expected"
+                             f"{where}{tail}")
     error = ref.torch_where(finite_e, ref.torch_abs(a - e), ref.as_tensor(0.0, dtype=ref.float64))
     allowed = atol + rtol * ref.torch_where(finite_e, ref.torch_abs(e), ref.as_tensor(0.0, dtype=ref.float64))
     over = error - allowed
@@ -299,6 +326,9 @@ def run_test(spec: TestSpec, fn: Callable, namespace, hidden: bool = False) -> T
         row.message = _describe(err) if isinstance(err, NotAttempted) else "still raises NotImplementedError"
     except AssertionError as err:
         row.status, row.message = "fail", _describe(err) or "wrong result"
+        changes = getattr(ns, "_changes", ())
+        if changes and " in place" not in row.message:
+            row.message += f" (note: {changes[0]} in place; the grader passes copies, so only what it returned counts)"
     except (KeyboardInterrupt, SubmissionGone):
         raise
     except BaseException as err:  # the learner's code may raise anything, SystemExit included

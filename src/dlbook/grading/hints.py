@@ -34,9 +34,11 @@ def matches(actual, candidate, atol: float = 1e-6) -> bool:
     this only chooses a hint, it never fails a test by itself.
     """
     try:
-        a = torch.as_tensor(actual).detach().to(torch.float64)
-        c = torch.as_tensor(candidate).detach().to(torch.float64)
-        return a.shape == c.shape and bool(((a - c).abs() <= atol).all())
+        a, c = torch.as_tensor(actual), torch.as_tensor(candidate)
+        if a.shape != c.shape:  # decided before any float64 copy of a (possibly huge) answer
+            return False
+        a, c = a.detach().to(torch.float64), c.detach().to(torch.float64)
+        return bool(((a - c).abs() <= atol).all())
     except (TypeError, ValueError, RuntimeError):
         return False
 

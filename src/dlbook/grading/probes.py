@@ -14,12 +14,15 @@ returns tensors, numbers and dicts of them::
 What a probe proves: that the learner's objects, driven by the probe, give these numbers. What it cannot prove:
 how they were computed (the learner's process runs the probe, so a learner who calls the library, or who
 patches torch in their own process, still answers with whatever those give). Compare the numbers with a
-reference computed in the test, as for any other answer.
+reference computed in the test, as for any other answer. In the learner's process too, a probe hands the
+learner's code copies of the test's tensors (:mod:`dlbook.grading.inputs`).
 """
 
 from __future__ import annotations
 
 import torch
+
+from dlbook.grading.inputs import fresh, unwrap
 
 __all__ = ["grad", "module_grads", "train", "state_dict", "load_state_dict"]
 
@@ -44,7 +47,7 @@ def grad(fn, *args, wrt=(0,), grad_output=None):
     """
     if _remote(fn) is not None:
         return fn._probe("grad", [fn, list(args), list(wrt), grad_output])
-    return _grad(fn, list(args), list(wrt), grad_output)
+    return _grad(fn, fresh(list(args)), list(wrt), grad_output)
 
 
 def module_grads(module, *args, grad_output=None):
@@ -55,7 +58,7 @@ def module_grads(module, *args, grad_output=None):
     """
     if _remote(module) is not None:
         return module._probe("module_grads", [module, list(args), grad_output])
-    return _module_grads(module, list(args), grad_output)
+    return _module_grads(unwrap(module), fresh(list(args)), grad_output)
 
 
 def train(module, inputs, targets, loss: str = "mse", lr: float = 0.1, steps: int = 1, optimizer: str = "sgd"):
@@ -67,21 +70,21 @@ def train(module, inputs, targets, loss: str = "mse", lr: float = 0.1, steps: in
     """
     if _remote(module) is not None:
         return module._probe("train", [module, inputs, targets, loss, lr, steps, optimizer])
-    return _train(module, inputs, targets, loss, lr, steps, optimizer)
+    return _train(unwrap(module), fresh(inputs), fresh(targets), loss, lr, steps, optimizer)
 
 
 def state_dict(module) -> dict:
     """The learner module's ``state_dict()`` as a plain dict of detached tensors."""
     if _remote(module) is not None:
         return module._probe("state_dict", [module])
-    return _state_dict(module)
+    return _state_dict(unwrap(module))
 
 
 def load_state_dict(module, state: dict, strict: bool = True) -> None:
     """Load ``state`` (name -> tensor) into the learner's module (e.g. known weights before a forward pass)."""
     if _remote(module) is not None:
         return module._probe("load_state_dict", [module, state, strict])
-    return _load_state_dict(module, state, strict)
+    return _load_state_dict(unwrap(module), fresh(state), strict)
 
 
 # ---------------------------------------------------------------------------------------------- implementations

@@ -4,8 +4,10 @@ A test written as a function of ``ns`` runs unchanged in the grading process, wh
 code: ``ns.sigmoid`` asks the submission for the value of its global ``sigmoid``; data (tensors, numbers,
 strings, lists, tuples, dicts) comes back as plain values, and anything else (a function, a class, an object)
 as a :class:`RemoteObject` that can be called, or asked for an attribute, and nothing more. Calling sends the
-arguments as data; tensors the learner's function changed in place, and generators it drew from, are updated
-in the test's copies, so a test of "does not modify its input" or "reshuffles every epoch" means what it says.
+arguments as data, which the submission decodes into fresh tensors: a tensor the learner's function changes in
+place is never written back into the test's (its expected values stay pristine); the change is recorded instead
+(:func:`dlbook.grading.inputs.changed_inputs`). A generator it drew from is updated in the test's copy, so a test
+of "reshuffles every epoch" means what it says.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import time
 import torch
 
 from dlbook.grading import wire
-from dlbook.grading.core import NotAttempted, SubmissionGone, TestTimeout
+from dlbook.grading.errors import NotAttempted, SubmissionGone, TestTimeout
+from dlbook.grading.inputs import describe_change
 
 __all__ = ["Channel", "RemoteNamespace", "RemoteObject", "RemoteError", "GRACE_S"]
 
@@ -92,10 +95,12 @@ class RemoteNamespace:
         self._deadline = time.monotonic() + timeout
         self._seed = seed
         self._begun = False
+        self._changes: list[str] = []  # what learner calls changed in place (dlbook.grading.inputs)
 
     # The protocol ---------------------------------------------------------------------------------------------
 
-    def _ask(self, header: dict, blobs: list = (), sent: list | None = None):
+    def _ask(self, header: dict, blobs: list = (), sent: list | None = None, labels: list | None = None,
+             label: str = "the function"):
         if not self._begun:
             self._begun = True
             self._channel.request({"op": "begin", "seed": self._seed})
@@ -115,13 +120,22 @@ class RemoteNamespace:
         value = wire.decode(answer.get("value"), got, make_handle=self._handle)
         for index, encoded in answer.get("mutated", []) if sent else []:
             if type(index) is int and 0 <= index < len(sent):
-                _mirror(sent[index], wire.decode(encoded, got))
+                if isinstance(sent[index], torch.Generator):
+                    _mirror(sent[index], wire.decode(encoded, got))
+                else:  # never written back: recorded as a finding
+                    change = describe_change(label, labels[index] if labels else f"{index + 1}")
+                    if change not in self._changes:
+                        self._changes.append(change)
+        if isinstance(value, RemoteObject):
+            op = header.get("op")
+            value._label = str(header.get("name")) if op == "get" else label if op == "getattr" else f"{label}(...)"
         return value
 
     def _handle(self, id_: int, type_name: str):
         return RemoteObject(self, id_, type_name)
 
-    def _call(self, op: str, target: int | None, args, kwargs, name: str | None = None):
+    def _call(self, op: str, target: int | None, args, kwargs, name: str | None = None,
+              label: str = "the function"):
         blobs: list = []
         sent: list = []
         header = {"op": op, "args": wire.encode(list(args), blobs, out_tensors=sent),
@@ -130,7 +144,7 @@ class RemoteNamespace:
             header["id"] = target
         if name is not None:
             header["name"] = name
-        return self._ask(header, blobs, sent)
+        return self._ask(header, blobs, sent, _argument_labels(sent, args, kwargs), label)
 
     def _end(self) -> None:
         if self._begun and not self._channel.broken:
@@ -159,14 +173,33 @@ class RemoteNamespace:
 _MISSING = object()
 
 
+def _argument_labels(sent: list, args, kwargs) -> list[str]:
+    """For each tensor sent, the argument it came in: "2" (the second positional one) or "`name`"."""
+    owners: dict[int, str] = {}
+
+    def walk(value, label, depth=0):
+        if depth > 20:
+            return
+        owners.setdefault(id(value), label)
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, label, depth + 1)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v, label, depth + 1)
+
+    for i, a in enumerate(args):
+        walk(a, f"{i + 1}")
+    for k, v in kwargs.items():
+        walk(v, f"`{k}`")
+    return [owners.get(id(t), "?") for t in sent]
+
+
 def _mirror(local, remote) -> None:
-    """Copy what the learner's function did to an argument into the test's own object."""
+    """Advance the test's generator to where the learner's function left its copy (tensors are never mirrored)."""
     try:
         if isinstance(local, torch.Generator) and isinstance(remote, torch.Generator):
             local.set_state(remote.get_state())
-        elif isinstance(local, torch.Tensor) and isinstance(remote, torch.Tensor) and local.shape == remote.shape:
-            with torch.no_grad():
-                local.copy_(remote.to(local.dtype))
     except (RuntimeError, TypeError):
         pass
 
@@ -174,22 +207,23 @@ def _mirror(local, remote) -> None:
 class RemoteObject(wire.Handle):
     """A learner's function, class or object, which stays in the submission's process."""
 
-    __slots__ = ("_ns",)
+    __slots__ = ("_ns", "_label")
 
     def __init__(self, ns: RemoteNamespace, id_: int, type_name: str):
         super().__init__(id_, type_name)
         self._ns = ns
+        self._label = type_name
 
     def __call__(self, *args, **kwargs):
-        return self._ns._call("call", self._hid, args, kwargs)
+        return self._ns._call("call", self._hid, args, kwargs, label=self._label)
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        return self._ns._ask({"op": "getattr", "id": self._hid, "name": name})
+        return self._ns._ask({"op": "getattr", "id": self._hid, "name": name}, label=f"{self._label}.{name}")
 
     def _probe(self, name: str, args: list):
-        return self._ns._call("probe", None, args, {}, name=name)
+        return self._ns._call("probe", None, args, {}, name=name, label=self._label)
 
     def __repr__(self) -> str:
         return f"<the submission's {self._htype}>"

@@ -73,7 +73,8 @@ def encode(value, blobs: list, handles=None, depth: int = 0, out_tensors: list |
     Args:
         handles: a callable ``object -> Handle`` for values that are not data (the submission's side); when
             None, such a value raises TypeError (the grader's side sends data only).
-        out_tensors: if given, every tensor encoded is appended (so in-place changes can be mirrored back).
+        out_tensors: if given, every tensor and generator encoded is appended (so in-place changes can be
+            reported, and a generator's draws mirrored back).
     """
     if depth > MAX_DEPTH:
         raise WireError(f"nested deeper than {MAX_DEPTH} levels")

@@ -12,9 +12,16 @@ any test), and only then imports the set's tests and the instructor's hidden one
    the cell that calls ``check("qN")`` (and every question left at the end) by running the tests here, with
    ``ns`` a proxy (:mod:`dlbook.grading.proxy`). Each question's result goes to this process through a pipe as
    soon as it is known, so a later hang or crash keeps it;
-3. kills the submission (its process group, and with it its PID namespace) when it runs past the wall-clock
-   timeout (counted from its start), and prints one JSON line per submission on stdout: the records and how
-   the submission ended (its exit code, reported by the zygote).
+3. kills the submission (its process group, and with it its PID namespace, then every process left in its control
+   group) when it runs past the wall-clock timeout (counted from its start), and the grading child (a
+   process-group leader) with it; a grading child still waiting on its socket after the submission ended (a
+   process the submission left behind holds the other end) is ended too. It prints one JSON line per submission
+   on stdout: the records and how the submission ended (its exit code, reported by the zygote, and whether its
+   control group ran out of memory).
+
+Hidden tests are imported without writing bytecode, and the sandbox masks each hidden file, its ``__pycache__``
+bytecode and its folder (:func:`_masks`). Each grading child's address space is capped (:data:`GRADER_HEADROOM_MB`
+above what it holds at its start).
 
 No file the submission could write is read. This process and its grading children are not dumpable
 (``PR_SET_DUMPABLE``), so a process of the same user cannot attach to them or read their memory.
@@ -26,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -33,23 +41,18 @@ import sys
 import time
 import traceback
 
+from dlbook.grading.process_group import kill_group
+
 _CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z][A-Za-z0-9_.-]*)["']\s*\)""")
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 STARTUP_LIMIT_S = 300
 AFTER_DONE_S = 2.0  # how long a submission may take to leave after the grader is done with it
+GRADER_HEADROOM_MB = 3072  # the memory a grading child may add to what it holds when it starts
 
 
 def check_calls(source: str) -> list[str]:
     """The question ids a cell asks about with ``check("qN")``, in order."""
     return _CHECK_CALL.findall(source)
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL every process of the group ``pid`` leads (gone already is fine)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _not_dumpable() -> None:
@@ -61,18 +64,38 @@ def _not_dumpable() -> None:
         pass
 
 
+def _cap_memory(headroom_mb: int) -> None:
+    """Limit this process's address space to what it maps now plus ``headroom_mb``: a test's arithmetic on a huge
+    answer then fails that test (MemoryError, RuntimeError), it cannot exhaust the machine."""
+    try:
+        with open("/proc/self/statm") as f:
+            now = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return
+    limit = now + headroom_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit if hard == resource.RLIM_INFINITY else min(hard, limit)))
+    except (ValueError, OSError):
+        pass
+
+
 # ---------------------------------------------------------------------------------------------- one submission
 
 
 def grade_notebook(notebook: str, channel, tests, hidden: frozenset, emit) -> None:
     """Have the submission run its cells; grade each question here; ``emit`` each record (in the grading child)."""
     from dlbook.grading import wire
-    from dlbook.grading.core import run_question
+    from dlbook.grading.core import SubmissionGone, run_question
     from dlbook.grading.sets import question_ids
 
     with open(notebook, encoding="utf-8") as f:
         nb = json.load(f)
-    emit({"isolation": channel.hello()})
+    first, _ = channel.request_first()
+    if "failed" in first:  # the sandbox could not start: its message says what failed
+        emit({"failure": str(first["failed"])[:500]})
+        raise SubmissionGone(str(first["failed"])[:500])
+    emit({"isolation": str(first.get("hello", "unknown"))[:600]})
     questions = question_ids(tests)
     graded: set[str] = set()
 
@@ -110,11 +133,13 @@ def grade_notebook(notebook: str, channel, tests, hidden: frozenset, emit) -> No
 
 def _grading_child(notebook: str, sock: socket.socket, out_fd: int, tests, hidden) -> None:
     """In the forked grading child: grade, stream records to the parent, leave."""
-    from dlbook.grading.core import SubmissionGone
+    from dlbook.grading.errors import SubmissionGone
     from dlbook.grading.proxy import Channel
 
     code = 0
     try:
+        os.setpgid(0, 0)  # a group of its own, so a timeout's kill reaches it and nothing else
+        _cap_memory(GRADER_HEADROOM_MB)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
@@ -183,6 +208,7 @@ class _Submission:
         self.sub_exited = False
         self.timed_out = False
         self.grader_done_at: float | None = None
+        self.sub_exited_at = 0.0
 
     def records(self) -> list[dict]:
         found = []
@@ -199,14 +225,33 @@ class _Submission:
 def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], jobs: int, timeout: float,
           cpu: float | None, memory_mb: int | None, hide: list[str] = (), isolation: str = "auto") -> None:
     """Grade ``notebooks`` with at most ``jobs`` submissions at a time; one JSON line each on stdout."""
+    from dlbook.grading.cgroups import Groups
+    from dlbook.grading.sandbox import MAX_PROCESSES
+
     _not_dumpable()
     root = os.path.join(workdir, ".root")
     os.makedirs(root, exist_ok=True)
-    hidden_paths = sorted({os.path.realpath(p) for p in [workdir, *notebooks, *extra, *hide] if os.path.exists(p)})
+    hidden_paths = _masks([workdir, *notebooks, *extra, *hide])
+    groups = Groups(jobs=jobs)  # one control group per submission, where the system has them
     base_config = {"root": root, "hide": hidden_paths, "cpu": cpu, "memory_mb": memory_mb,
-                   "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512}
+                   "namespaces": isolation != "rlimits", "require": isolation == "require", "tmp_mb": 512,
+                   "cgroup_how": groups.how}
     zygote, control = _start_zygote(base_config)  # it gets the paths to hide, never the tests
-    from dlbook.grading.batch import load_tests
+    try:
+        _serve(set_id, workdir, notebooks, extra, jobs, timeout, memory_mb, groups, zygote, control, MAX_PROCESSES)
+    finally:
+        kill_group(zygote)
+        try:
+            os.kill(zygote, signal.SIGKILL)
+            os.waitpid(zygote, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        groups.close()
+
+
+def _serve(set_id, workdir, notebooks, extra, jobs, timeout, memory_mb, groups, zygote, control,
+           max_processes) -> None:
+    from dlbook.grading.loader import load_tests
 
     tests, hidden = load_tests(set_id, extra)
     ready, _, _ = select.select([control], [], [], STARTUP_LIMIT_S)
@@ -220,8 +265,14 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
     def finish(sub: _Submission, code: int | None) -> None:
         if sub.sub_pid and not sub.sub_exited:
             kill_group(sub.sub_pid)
+        out_of_memory = groups.oom_kills(str(sub.index)) > 0
+        groups.remove(str(sub.index))  # whatever left the process group (a setsid daemon) goes too
         if sub.grader_pid and sub.grader_code is None:
             kill_group(sub.grader_pid)
+            try:
+                os.kill(sub.grader_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             try:
                 os.waitpid(sub.grader_pid, 0)
             except ChildProcessError:
@@ -230,15 +281,20 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
             _drain(sub)
             os.close(sub.pipe)
         stdout.write(json.dumps({"index": sub.index, "records": sub.records(),
-                                 "exit": {"code": code, "timed_out": sub.timed_out}}, sort_keys=True) + "\n")
+                                 "exit": {"code": code, "timed_out": sub.timed_out,
+                                          "out_of_memory": out_of_memory}}, sort_keys=True) + "\n")
         stdout.flush()
         running.pop(sub.index, None)
 
     while pending or running:
         while pending and len(running) < jobs:
             index, notebook = pending.pop(0)
+            try:
+                procs = groups.make(str(index), memory_mb * 1024 * 1024 if memory_mb else None, max_processes)
+            except OSError:
+                procs = []
             ours, theirs = socket.socketpair()
-            config = {"fallback_cwd": os.path.join(workdir, str(index))}  # small: a datagram on macOS
+            config = {"fallback_cwd": os.path.join(workdir, str(index)), "cgroup": procs}
             socket.send_fds(control, [json.dumps({"index": index, "config": config}).encode()], [theirs.fileno()])
             theirs.close()
             sub = _Submission(index, notebook, time.monotonic() + timeout)
@@ -250,6 +306,10 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
                 os.close(read_end)
                 control.close()
                 _grading_child(notebook, ours, write_end, tests, hidden)
+            try:
+                os.setpgid(pid, pid)  # also here, so a kill can never miss the group (the child does it too)
+            except OSError:
+                pass
             ours.close()
             os.close(write_end)
             sub.grader_pid, sub.pipe = pid, read_end
@@ -273,6 +333,7 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
                     sub.sub_pid = int(message["pid"])
                 else:
                     sub.sub_exited, sub.sub_code = True, message.get("code")
+                    sub.sub_exited_at = time.monotonic()
         for sub in list(running.values()):
             if sub.pipe is not None and sub.pipe in readable:
                 _drain(sub)
@@ -293,16 +354,48 @@ def serve(set_id: str, workdir: str, notebooks: list[str], extra: list[str], job
                     finish(sub, sub.sub_code)
                 elif now > sub.grader_done_at + AFTER_DONE_S and sub.sub_pid:
                     kill_group(sub.sub_pid)  # the zygote reports it killed; finished on that report
+                    groups.kill(str(sub.index))
                     sub.grader_done_at = now
+            elif sub.sub_exited and now > sub.sub_exited_at + AFTER_DONE_S:
+                # The submission is gone but the grading child still waits on the socket: a process the
+                # submission left behind holds the other end. What was graded is kept.
+                finish(sub, sub.sub_code)
             elif now > sub.deadline and sub.sub_pid:
                 sub.timed_out = True
                 finish(sub, None)
-    kill_group(zygote)
-    try:
-        os.kill(zygote, signal.SIGKILL)
-        os.waitpid(zygote, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
+
+
+def _masks(paths: list[str]) -> list[str]:
+    """What the sandbox masks for ``paths`` (real paths): each path; for a ``.py`` file, its bytecode
+    (``__pycache__/<stem>.*.pyc``) and its folder, unless that folder holds something the sandbox imports from
+    (a folder on ``sys.path``, or one of a module already imported)."""
+    import glob
+
+    found = set()
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        real = os.path.realpath(path)
+        found.add(real)
+        if real.endswith(".py") and os.path.isfile(real):
+            folder, stem = os.path.dirname(real), os.path.basename(real)[:-3]
+            found.update(glob.glob(os.path.join(glob.escape(folder), "__pycache__", glob.escape(stem) + ".*.pyc")))
+            if not _needed_by_imports(folder):
+                found.add(folder)
+    return sorted(found)
+
+
+def _needed_by_imports(folder: str) -> bool:
+    inside = folder.rstrip("/") + "/"
+    for entry in sys.path:
+        real = os.path.realpath(entry) if entry else ""
+        if real and (real == folder or real.startswith(inside)):
+            return True
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and os.path.realpath(file).startswith(inside):
+            return True
+    return False
 
 
 def _drain(sub: _Submission) -> None:
