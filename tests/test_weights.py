@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dlbook import weights
+from dlbook.pretrain.shipped import replay
 from dlbook.pretrain import PretrainTokenizer, docstring_task, pretrained, pretraining_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def test_a_file_that_does_not_match_its_sha256_is_refused(tmp_path, monkeypatch)
     bad.write_bytes(bytes(data))
     monkeypatch.setattr(weights, "FOLDER", tmp_path)
     with pytest.raises(ValueError, match="train-weights mlm_600"):
-        weights.load("mlm_600")
+        weights.read("mlm_600")
 
 
 def test_unknown_names_and_replays_beyond_the_warmup_are_refused():
@@ -51,7 +52,7 @@ def test_unknown_names_and_replays_beyond_the_warmup_are_refused():
     with pytest.raises(ValueError, match="unknown shipped model"):
         weights.path("gpt4")
     with pytest.raises(ValueError, match="steps must be"):
-        weights.replay("clm_300", steps=weights.warmup_steps("clm_300") + 1)
+        replay("clm_300", steps=weights.warmup_steps("clm_300") + 1)
 
 
 @pytest.mark.parametrize("name", list(weights.RECIPES))
@@ -62,11 +63,11 @@ def test_the_first_steps_of_each_recipe_reproduce_the_recorded_losses(name, corp
     if not _same_python(name):
         pytest.skip("another Python version's standard library builds another pretraining text")
     assert weights.text_sha256(text) == weights.manifest()[name]["text_sha256"]   # whatever else is imported
-    _, shipped_tok, info = weights.load(name)
-    assert shipped_tok.itos == tok.itos
-    again = weights.replay(name, 4, tok, ids)
-    assert again == pytest.approx(info["losses"][:4], abs=1e-3)
-    assert len(info["losses"]) == weights.RECIPES[name]["steps"]
+    state = weights.read(name)
+    assert state["tokenizer"]["itos"] == tok.itos
+    again = replay(name, 4, tok, ids)
+    assert again == pytest.approx(state["losses"][:4], abs=1e-3)
+    assert len(state["losses"]) == weights.RECIPES[name]["steps"]
 
 
 def test_pretrained_loads_the_shipped_weights_only_for_the_text_they_were_trained_on(corpus, monkeypatch):
@@ -80,7 +81,7 @@ def test_pretrained_loads_the_shipped_weights_only_for_the_text_they_were_traine
     stored = torch.load(weights.path("mlm_600"), weights_only=True)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, stored[key].float()), key
-    assert weights.load("mlm_600", text + " ") is None
+    assert weights.read("mlm_600", text + " ") is None
 
 
 def test_the_wheel_includes_the_weights():

@@ -57,6 +57,8 @@ MODULES: dict[str, tuple[str, str]] = {
     "pretrain.classifier": ("A sequence classifier on a pretrained model, and its fine-tuning.",
                             "chapters/04_pretraining/01_transfer"),
     "pretrain.training": ("The pretraining loops of the three objectives.", "chapters/04_pretraining/02_objectives"),
+    "pretrain.shipped": ("Re-creating the shipped weights, and re-running their first steps.",
+                         "chapters/04_pretraining/01_transfer"),
     "pretrain.checkpoints": ("A fresh model per objective, and cached pretrained weights.",
                              "chapters/04_pretraining/01_transfer"),
     "finetune": ("LoRA, adapters, prefix and prompt tuning, preference losses.", "chapters/04_pretraining/index"),

@@ -81,10 +81,13 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
     path = folder / f"{objective}-{key}.pt"
     task = docstring_task()
     if cache and (name := weights.recipe_for(config)) is not None:
-        shipped = weights.load(name, pretraining_text(task))
-        if shipped is not None:
-            model, tok, info = shipped
-            return model, tok, {**info, "seconds": 0.0, "cached": True, "shipped": True}
+        state = weights.read(name, pretraining_text(task))
+        if state is not None:
+            tok = PretrainTokenizer.from_state_dict(state["tokenizer"])
+            model = build_model(objective, tok.vocab_size, block_size, n_layer, 4, n_embd)
+            model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+            return model.eval(), tok, {"losses": list(state["losses"]), "seconds": 0.0, "cached": True,
+                                       "path": weights.path(name), "shipped": True}
     if cache and path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dlbook.weights import RECIPES, file_sha256, manifest, path, train_weights
+from dlbook.pretrain.shipped import train_weights
+from dlbook.weights import RECIPES, file_sha256, manifest, path
 
 
 def main(argv: list[str] | None = None) -> int:
