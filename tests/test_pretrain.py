@@ -1,13 +1,15 @@
 """Tests for dlbook.pretrain: the objectives' corruption statistics, representations, the
 leakage-free task split, and the training/caching helpers."""
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dlbook.pretrain import (
     IGNORE_INDEX, MLMEncoder, PretrainTokenizer, SequenceClassifier, build_model, combine_layers,
-    docstring_task, finetune_classifier, hidden_states, mask_tokens, pad_sequences, pool, pretrain,
+    docstring_task, finetune_classifier, hidden_states, mask_tokens, module_docstrings, pad_sequences, pool, pretrain,
     pretrained, pretraining_text, span_corrupt, span_restore,
 )
 from dlbook.transformer import GPT
@@ -291,3 +293,19 @@ def test_module_docstrings_do_not_depend_on_what_else_was_imported():
     docs = module_docstrings("os")
     assert docs and inspect.getdoc(os.path) not in docs
     assert module_docstrings("os") == docs
+
+
+def test_module_docstrings_can_skip_data_values_whose_docstring_is_their_types():
+    """A list or enum member stored in a module or class has only its type's docstring, and such values
+    depend on what else was imported (pytest adds a list to argparse.Namespace): data_values=False leaves
+    them out (as pretraining_text does, so its text is the same in any process); classes stay."""
+    import argparse
+
+    list_doc = inspect.getdoc(list)
+    argparse.Namespace._dlbook_probe = [1, 2]
+    try:
+        assert list_doc in module_docstrings("argparse", min_length=10)
+        assert list_doc not in module_docstrings("argparse", min_length=10, data_values=False)
+    finally:
+        del argparse.Namespace._dlbook_probe
+    assert inspect.getdoc(argparse.ArgumentParser) in module_docstrings("argparse", min_length=10, data_values=False)

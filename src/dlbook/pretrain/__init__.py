@@ -22,7 +22,8 @@ Every public name is importable from the package (``from dlbook.pretrain import 
 each lives in its own module: ``tokenizer``, ``corpus`` (the docstring task and the corpus,
 notebook 1), ``objectives`` (notebook 2), ``representations`` (``MLMEncoder``, ``hidden_states``,
 pooling; notebook 3), ``classifier`` (transfer), ``training`` (the pretraining loops) and
-``checkpoints`` (``build_model``, ``pretrained``).
+``checkpoints`` (``build_model``, ``pretrained``) and ``shipped`` (re-creating the weights that ship in
+``dlbook.weights``).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from dlbook.pretrain.representations import pool, combine_layers, MLMEncoder, hi
 from dlbook.pretrain.classifier import SequenceClassifier, finetune_classifier
 from dlbook.pretrain.training import pretrain_mlm, pretrain_clm, pretrain_span, pretrain
 from dlbook.pretrain.checkpoints import pretrained, build_model
+from dlbook.pretrain.shipped import replay, train_weights
 
 __all__ = [
     "PretrainTokenizer", "DocTask", "docstring_task", "pretraining_text", "mask_tokens", "span_corrupt",
     "span_restore", "pad_sequences", "module_docstrings", "TASK_GROUPS", "pool", "combine_layers", "MLMEncoder",
     "hidden_states", "SequenceClassifier", "finetune_classifier", "pretrain_mlm", "pretrain_clm", "pretrain_span",
-    "pretrain", "pretrained", "IGNORE_INDEX", "build_model",
+    "pretrain", "pretrained", "IGNORE_INDEX", "build_model", "replay", "train_weights",
 ]

@@ -57,7 +57,10 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
                cache: bool = True, root: str | Path | None = None, verbose: bool = True):
     """Pretrain a model on ``pretraining_text(docstring_task())`` once and cache its weights.
 
-    The file lives in ``root`` (default ``dlbook.data.cache_dir() / "pretrain"``), named by a hash
+    The models chapter 4 uses ship with dlbook (``dlbook.weights.RECIPES``): with ``cache`` and
+    those arguments, the shipped float16 weights are loaded (``info["shipped"]``), provided this Python
+    builds the very pretraining text they were trained on; otherwise the model is trained here.
+    Any other model's file lives in ``root`` (default ``dlbook.data.cache_dir() / "pretrain"``), named by a hash
     of every argument and the running torch version; when it is missing it is re-created
     (deterministically, on the CPU, one thread-count independent seed) and written to a
     temporary file that is then renamed, so two processes doing this at once never read a
@@ -69,19 +72,30 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
     """
     import time
 
+    from dlbook import weights
+
     config = dict(objective=objective, steps=steps, block_size=block_size, n_layer=n_layer, n_embd=n_embd,
                   batch_size=batch_size, lr=lr, level=level, seed=seed, torch=torch.__version__.split("+")[0], v=2)
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(root) if root is not None else cache_dir() / "pretrain"
     path = folder / f"{objective}-{key}.pt"
     task = docstring_task()
+    if cache and (name := weights.recipe_for(config)) is not None:
+        state = weights.read(name, pretraining_text(task))
+        if state is not None:
+            tok = PretrainTokenizer.from_state_dict(state["tokenizer"])
+            model = build_model(objective, tok.vocab_size, block_size, n_layer, 4, n_embd)
+            model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+            return model.eval(), tok, {"losses": list(state["losses"]), "seconds": 0.0, "cached": True,
+                                       "path": weights.path(name), "shipped": True}
     if cache and path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             tok = PretrainTokenizer.from_state_dict(state["tokenizer"])
             model = build_model(objective, tok.vocab_size, block_size, n_layer, 4, n_embd)
             model.load_state_dict(state["model"])
-            return model.eval(), tok, {"losses": state["losses"], "seconds": 0.0, "cached": True, "path": path}
+            return model.eval(), tok, {"losses": state["losses"], "seconds": 0.0, "cached": True, "path": path,
+                                       "shipped": False}
         except Exception:  # noqa: BLE001 - a corrupt or stale file is simply re-created
             pass
     text = pretraining_text(task)
@@ -102,4 +116,4 @@ def pretrained(objective: str = "mlm", steps: int = 600, block_size: int = 64, n
         torch.save({"model": model.state_dict(), "tokenizer": tok.state_dict(), "losses": losses,
                     "config": config}, tmp)
         os.replace(tmp, path)
-    return model.eval(), tok, {"losses": losses, "seconds": seconds, "cached": False, "path": path}
+    return model.eval(), tok, {"losses": losses, "seconds": seconds, "cached": False, "path": path, "shipped": False}

@@ -40,18 +40,30 @@ _EXTRA_MODULES = ("abc", "argparse", "ast", "asyncio", "base64", "calendar", "da
 """Modules whose docstrings join the unlabelled pretraining text (none is in the downstream task)."""
 
 
-def module_docstrings(name: str, min_length: int = 100, methods: bool = True) -> list[str]:
+def _own_doc(obj) -> bool:
+    """False for a data value (a list, an enum member) whose docstring is only its type's."""
+    return isinstance(obj, type) or getattr(obj, "__doc__", None) != getattr(type(obj), "__doc__", None)
+
+
+def module_docstrings(name: str, min_length: int = 100, methods: bool = True, data_values: bool = True) -> list[str]:
     """Distinct docstrings (``inspect.getdoc``) of a module's own functions and classes and, with
-    ``methods``, of the classes' methods, of at least ``min_length`` characters, in a stable order."""
+    ``methods``, of the classes' methods, of at least ``min_length`` characters, in a stable order.
+
+    ``data_values=False`` leaves out values (a list, an enum member) whose docstring is only their
+    type's: such values come and go with what else was imported (pytest and Jupyter's kernel add
+    some), so without them the result is the same in any process."""
     module = importlib.import_module(name)
     found: dict[str, None] = {}
+    keep = (lambda v: True) if data_values else _own_doc
     for attr in sorted(dir(module)):
         obj = getattr(module, attr, None)
         # submodules are skipped: which of them are attributes depends on what else was imported
         if obj is None or inspect.ismodule(obj) or getattr(obj, "__module__", None) not in (name, f"_{name}", None):
             continue
-        members = [obj] + ([v for _, v in sorted(vars(obj).items()) if not isinstance(v, (str, int, float))]
-                           if methods and isinstance(obj, type) else [])
+        if not keep(obj):
+            continue
+        members = [obj] + ([v for _, v in sorted(vars(obj).items()) if not isinstance(v, (str, int, float))
+                            and keep(v)] if methods and isinstance(obj, type) else [])
         for member in members:
             doc = inspect.getdoc(member)
             if doc and len(doc) >= min_length:
@@ -131,7 +143,7 @@ def pretraining_text(task: DocTask, extra_modules=_EXTRA_MODULES, include_train:
     downstream evaluation never sees text the model was pretrained on. Deterministic.
     """
     held_out = set(task.val[0]) | set(task.test[0])
-    extra = [d for m in extra_modules if _importable(m) for d in module_docstrings(m, min_length=50)]
+    extra = [d for m in extra_modules if _importable(m) for d in module_docstrings(m, 50, data_values=False)]
     parts = [p for p in pydoc_text().split("\n\n")] + extra + (list(task.train[0]) if include_train else [])
     kept = [p for p in parts if p not in held_out and not any(h in p for h in held_out if len(h) <= len(p))]
     return "\n\n".join(kept)
