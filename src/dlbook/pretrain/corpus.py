@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -45,13 +46,24 @@ def _own_doc(obj) -> bool:
     return isinstance(obj, type) or getattr(obj, "__doc__", None) != getattr(type(obj), "__doc__", None)
 
 
+def _added_from_elsewhere(member, name: str) -> bool:
+    """True for a function another package attached to a class later (transformers adds ``warning_once``
+    and friends to ``logging.Logger`` when it is imported): its docstring depends on what else was imported."""
+    module = getattr(member, "__module__", None)
+    if not inspect.isroutine(member) or not module or module in (name, f"_{name}"):
+        return False
+    top = module.split(".")[0]
+    return top not in sys.stdlib_module_names and top.lstrip("_") not in sys.stdlib_module_names
+
+
 def module_docstrings(name: str, min_length: int = 100, methods: bool = True, data_values: bool = True) -> list[str]:
     """Distinct docstrings (``inspect.getdoc``) of a module's own functions and classes and, with
     ``methods``, of the classes' methods, of at least ``min_length`` characters, in a stable order.
 
     ``data_values=False`` leaves out values (a list, an enum member) whose docstring is only their
-    type's: such values come and go with what else was imported (pytest and Jupyter's kernel add
-    some), so without them the result is the same in any process."""
+    type's, and methods that another package attached to a class after the fact: both come and go with
+    what else was imported (pytest, Jupyter's kernel and transformers add some), so without them the
+    result is the same in any process."""
     module = importlib.import_module(name)
     found: dict[str, None] = {}
     keep = (lambda v: True) if data_values else _own_doc
@@ -63,7 +75,8 @@ def module_docstrings(name: str, min_length: int = 100, methods: bool = True, da
         if not keep(obj):
             continue
         members = [obj] + ([v for _, v in sorted(vars(obj).items()) if not isinstance(v, (str, int, float))
-                            and keep(v)] if methods and isinstance(obj, type) else [])
+                            and keep(v) and (data_values or not _added_from_elsewhere(v, name))]
+                           if methods and isinstance(obj, type) else [])
         for member in members:
             doc = inspect.getdoc(member)
             if doc and len(doc) >= min_length:
