@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools.nbtools import all_notebooks  # noqa: E402
-from tools.reports import over_budget, write_junit  # noqa: E402
+from tools.reports import error_line, over_budget, write_junit  # noqa: E402
 
 CACHE = ROOT / "_build" / ".jupyter_cache"
 TIMES = ROOT / "_build" / "notebook_times.json"
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             status = "FAILED" if r["error"] else ("OVER BUDGET" if over else "ok")
             print(f"{status:11s} {r['wall']:6.1f} s wall {r['cpu']:6.1f} s cpu  {rel}", flush=True)
             if r["error"]:
-                print("    " + r["error"].strip().splitlines()[-1][:300], flush=True)
+                print("    " + error_line(r["error"]), flush=True)
             elif over:
                 print(f"    {rel} {over}", flush=True)
             results[rel] = {"wall": round(r["wall"], 1), "cpu": round(r["cpu"], 1), "ok": r["error"] is None,

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 from tools.execute_notebooks import _execute  # noqa: E402
 from tools.nbtools import all_notebooks  # noqa: E402
+from tools.reports import error_line  # noqa: E402
 
 OUT = ROOT / "_build" / "portability"
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             status = "FAILED" if r["error"] else "ok"
             print(f"{status:7s} {p:8s} {r['wall']:6.1f} s wall {r['cpu']:6.1f} s cpu  {rel}", flush=True)
             if r["error"]:
-                print("    " + r["error"].strip().splitlines()[-1][:300], flush=True)
+                print("    " + error_line(r["error"]), flush=True)
 
     lines = [f"# Kernel paths: {', '.join(paths)}", "",
              "| notebook | " + " | ".join(f"{p} (cpu s)" for p in paths) + " | cells that differ |",
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             if r.get("nb"):
                 outputs[p] = text_outputs(json.loads(r["nb"]))
             elif r["error"]:
-                details.append(f"- `{rel}` fails under {p}: {r['error'].strip().splitlines()[-1][:300]}")
+                details.append(f"- `{rel}` fails under {p}: {error_line(r['error'])}")
         diffs = differences(outputs) if len(outputs) > 1 else []
         lines.append(f"| {rel} | " + " | ".join(row) + f" | {len(diffs)} |")
         for cell, row_diff in diffs:

@@ -24,6 +24,13 @@ def xml_safe(text: str) -> str:
     return _NOT_XML.sub("?", _ANSI.sub("", str(text)))
 
 
+def error_line(error: str) -> str:
+    """The line of a traceback that names the error (the last one with 'Error' or 'Exception'), cleaned."""
+    lines = [ln.strip() for ln in xml_safe(error).splitlines() if ln.strip()]
+    named = [ln for ln in lines if re.search(r"(Error|Exception|Timeout)\b", ln)]
+    return ((named or lines or ["(no message)"])[-1])[:300]
+
+
 def over_budget(wall: float, cpu: float | None) -> str | None:
     """Why a notebook's times break its budget, or None when they do not."""
     if wall > BUDGET_S:
