@@ -294,6 +294,16 @@ def test_parameter_count_counts_tied_weights_once():
     assert count_parameters(tiny_gpt(tie_weights=False)) == expected + v * c
 
 
+def test_non_embedding_count_is_the_blocks_and_final_norm():
+    """non_embedding=True drops the token and position embeddings and the head, tied or not (Kaplan's N)."""
+    v, t, l, c = 11, 16, 2, 16
+    per_block = 2 * 2 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
+    for tie in (True, False):
+        assert count_parameters(tiny_gpt(tie_weights=tie), non_embedding=True) == l * per_block + 2 * c, tie
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))        # no embeddings: nothing is dropped
+    assert count_parameters(mlp, non_embedding=True) == count_parameters(mlp) == 4 * 3 + 3 + 3 * 2 + 2
+
+
 def test_forward_flops_match_torch_flop_counter(monkeypatch):
     """flops_per_token(training=False) * B * T equals torch's FlopCounterMode for a GPT forward.
 

@@ -480,9 +480,28 @@ class GPT(nn.Module):
 
 # ----------------------------------------------------------------------------- counting
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of distinct parameters (a tied weight counts once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(model: nn.Module, trainable_only: bool = False, non_embedding: bool = False) -> int:
+    """Number of distinct parameters (a tied weight counts once).
+
+    Args:
+        model: any module.
+        trainable_only: count only parameters with ``requires_grad``.
+        non_embedding: leave out the vocabulary and position embeddings, as Kaplan et al. (2020)
+            do for the N of their scaling laws: the weights of every ``nn.Embedding`` and, for a
+            model with an output ``head`` (``GPT``), the head's weights, which are the token
+            embedding when tied and the "unembedding" otherwise. For a GPT this leaves the blocks
+            and the final norm, about ``12 * n_layer * n_embd**2``, the book's N.
+    """
+    skip: set[int] = set()
+    if non_embedding:
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                skip.update(id(p) for p in module.parameters())
+        head = getattr(model, "head", None)
+        if isinstance(head, nn.Module):
+            skip.update(id(p) for p in head.parameters())
+    return sum(p.numel() for p in model.parameters()
+               if (p.requires_grad or not trainable_only) and id(p) not in skip)
 
 
 def flops_per_token(model: nn.Module, seq_len: int, training: bool = True) -> int:
