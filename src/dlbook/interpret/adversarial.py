@@ -20,7 +20,7 @@ __all__ = [
 
 
 #: In ``fgsm`` and ``pgd`` a gradient coordinate of example i counts as zero when
-#: |g| <= ZERO_GRAD_EPS * (machine epsilon of x's dtype) * ||dL_i/dz_i||_1, z_i the model's outputs.
+#: ``|g| <= ZERO_GRAD_EPS * eps(dtype) * ||dL_i/dz_i||_1``, with z_i the model's outputs.
 ZERO_GRAD_EPS = 8
 
 
@@ -77,7 +77,7 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None, loss_fn=Non
     floating point a gradient that is zero exactly is left a rounding residue (1.8e-7 in
     float32 on Captum's ``test_attack_loss_defined``), of the size of machine epsilon times
     the gradient flowing back from the outputs, ||dL_i/dz_i||_1; so for example i a
-    coordinate with |g| <= ``ZERO_GRAD_EPS`` (8) * eps(dtype) * ||dL_i/dz_i||_1 counts as zero
+    coordinate with ``|g| <= ZERO_GRAD_EPS (8) * eps(dtype) * ||dL_i/dz_i||_1`` counts as zero
     (9.5e-7 for an O(1) output gradient in float32). Captum uses a fixed 1e-6 instead; a
     threshold that scales with dL/dz does not freeze a confidently classified example,
     whose whole gradient is tiny but real (pass ``zero_threshold=1e-6`` for Captum's rule).
@@ -96,7 +96,7 @@ def fgsm(model, x: torch.Tensor, y, eps: float, *, lo=None, hi=None, loss_fn=Non
             cross-entropy (y is then passed through as given); e.g. minus the CE of a
             target class for a targeted attack, or Captum's default, the target's output.
         additional_forward_args: Captum's: passed to the model after x, not perturbed.
-        zero_threshold: an absolute threshold to use instead: |g| at or below it counts as zero.
+        zero_threshold: an absolute threshold to use instead: a ``|g|`` at or below it counts as zero.
 
     x may also be a tuple of tensors with one batch axis (the model takes them as
     positional arguments, as in Captum); each is perturbed and a tuple is returned.

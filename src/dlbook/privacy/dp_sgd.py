@@ -383,7 +383,7 @@ class DPSGD(torch.optim.SGD):
     and padding mode), LayerNorm, GroupNorm, Embedding; a model with any other layer that has
     trainable parameters is refused (use ``dp_sgd_step`` there). A convolution is a linear layer
     applied at L positions to the unfolded input U_i (C k, L), so its per-example norm is the same
-    Gram identity, :math:`\langle U_i^\top U_i, G_i^\top G_i\rangle`, and its clipped sum one
+    Gram identity, :math:`\\langle U_i^\\top U_i, G_i^\\top G_i\\rangle`, and its clipped sum one
     product; DPSGD forms the (B, O, C k) per-example gradients only where that is the cheaper.
     A parameter shared by several layers (tied weights, as the embedding and output head of
     ``dlbook.transformer.GPT``) gets the sum of its layers' per-example contributions, which are
