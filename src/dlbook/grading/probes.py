@@ -15,7 +15,7 @@ What a probe proves: that the learner's objects, driven by the probe, give these
 how they were computed (the learner's process runs the probe, so a learner who calls the library, or who
 patches torch in their own process, still answers with whatever those give). Compare the numbers with a
 reference computed in the test, as for any other answer. In the learner's process too, a probe hands the
-learner's code copies of the test's tensors (:mod:`dlbook.grading.inputs`).
+learner's code copies of the test's tensors (``dlbook.grading.inputs``).
 """
 
 from __future__ import annotations
