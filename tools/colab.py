@@ -247,7 +247,7 @@ def run_notebook(path: Path, wheel: Path, frozen: dict[str, str], kernel_path: s
     if "dlbook" not in after and failure is None:
         failure = "the setup cell did not install dlbook"
     shutil.rmtree(overlay, ignore_errors=True)
-    return {"path": rel, "wall": wall, "cpu": cpu, "failure": failure, "installed": added,
+    return {"path": rel, "wall": wall, "cpu": cpu, "failure": failure, "installed": added, "kernel_path": kernel_path,
             "log": str(log.relative_to(ROOT))}
 
 
@@ -257,6 +257,17 @@ def order_by_previous_times(paths: list[Path]) -> list[Path]:
     except (OSError, ValueError, KeyError, TypeError):
         previous = {}
     return sorted(paths, key=lambda p: -previous.get(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p), 60.0))
+
+
+def _budget_cpu(result: dict, kernel_path: str) -> float | None:
+    """The CPU seconds the 60 s budget applies to: this stage's, when it runs the native kernels.
+
+    On another kernel path (``avx2`` on an AVX-512 machine) the same notebook needs up to 1.7x the CPU,
+    mostly in matrix products without AVX-512: the budget is defined, and enforced by the execute
+    stage, on the machine's own kernels; here only the 120 s wall budget holds, and the CPU seconds are
+    printed in the table.
+    """
+    return result["cpu"] if kernel_path == "native" else None
 
 
 def run(paths: list[Path], jobs: int = 2, report: Path | None = REPORT, times: Path | None = TIMES,
@@ -280,7 +291,7 @@ def run(paths: list[Path], jobs: int = 2, report: Path | None = REPORT, times: P
         for future in as_completed(futures):
             r = future.result()
             results.append(r)
-            over = over_budget(r["wall"], r["cpu"])
+            over = over_budget(r["wall"], _budget_cpu(r, kernel_path))
             status = "FAILED" if r["failure"] else ("OVER BUDGET" if over else "ok")
             extra = f"  (installed {', '.join(r['installed'])})" if r["installed"] else ""
             print(f"{status:11s} {r['wall']:6.1f} s wall {r['cpu']:6.1f} s cpu  {r['path']}{extra}", flush=True)
@@ -291,14 +302,15 @@ def run(paths: list[Path], jobs: int = 2, report: Path | None = REPORT, times: P
     results.sort(key=lambda r: -r["wall"])
     if times is not None:
         times.write_text(json.dumps({r["path"]: {"wall": round(r["wall"], 1), "cpu": round(r["cpu"], 1),
+                                                 "cpu_budget": kernel_path == "native",
                                                  "ok": r["failure"] is None, "failure": r["failure"]}
                                      for r in results}, indent=1))
     if report is not None:
         cases = []
         for r in results:
             failure = r["failure"]
-            if failure is None and over_budget(r["wall"], r["cpu"]):
-                failure = f"{r['path']} {over_budget(r['wall'], r['cpu'])}"
+            if failure is None and over_budget(r["wall"], _budget_cpu(r, kernel_path)):
+                failure = f"{r['path']} {over_budget(r['wall'], _budget_cpu(r, kernel_path))}"
             cases.append((r["path"], r["wall"], failure))
         write_junit(report, "colab", cases)
     return results
@@ -318,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(p).resolve() for p in args.paths] or all_notebooks()
     everything = not args.paths
     results = run(paths, args.jobs, report=REPORT if everything else None, times=TIMES if everything else None)
-    bad = [r for r in results if r["failure"] or over_budget(r["wall"], r["cpu"])]
+    bad = [r for r in results if r["failure"] or over_budget(r["wall"], _budget_cpu(r, r["kernel_path"]))]
     print(f"Colab-shaped stage: {len(results)} notebooks in {time.time() - start:.0f} s, "
           f"{len(results) - len(bad)} passed, {len(bad)} failed")
     return 1 if bad else 0

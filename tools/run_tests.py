@@ -115,7 +115,8 @@ def notebook_table() -> list[str]:
             flags.append("FAILED here")
         if c and not c.get("ok", True):
             flags.append("FAILED Colab-shaped")
-        why = over_budget(m.get("wall", 0), m.get("cpu")) or over_budget(c.get("wall", 0), c.get("cpu"))
+        why = over_budget(m.get("wall", 0), m.get("cpu")) or over_budget(
+            c.get("wall", 0), c.get("cpu") if c.get("cpu_budget", True) else None)
         if why:
             flags.append(f"OVER BUDGET ({why})")
             over.append(name)
